@@ -1,0 +1,1 @@
+"""optg_jax: OptG sparse training (Optimizing Gradient-driven Criteria) in JAX."""
