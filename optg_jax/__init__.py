@@ -1,1 +1,37 @@
-"""optg_jax: OptG sparse training (Optimizing Gradient-driven Criteria) in JAX."""
+"""optg_jax: OptG sparse training (Optimizing Gradient-driven Criteria) in JAX.
+
+Use as `import optg_jax as optg`. The library modules import neither
+TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
+"""
+
+from optg_jax.report import sparsity_report
+from optg_jax.report import sparsity_table
+from optg_jax.schedules import final_sparsity_shortfall
+from optg_jax.schedules import sigmoid_sparsity_schedule
+from optg_jax.schedules import supermask_learning_rate
+from optg_jax.topk import topk_masks
+from optg_jax.transform import apply_masks
+from optg_jax.transform import CRITERIA
+from optg_jax.transform import get_masks
+from optg_jax.transform import get_optg_state
+from optg_jax.transform import mask_transform
+from optg_jax.transform import OptGState
+from optg_jax.transform import path_to_str
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "CRITERIA",
+    "OptGState",
+    "apply_masks",
+    "final_sparsity_shortfall",
+    "get_masks",
+    "get_optg_state",
+    "mask_transform",
+    "path_to_str",
+    "sigmoid_sparsity_schedule",
+    "sparsity_report",
+    "sparsity_table",
+    "supermask_learning_rate",
+    "topk_masks",
+)

@@ -1,0 +1,72 @@
+"""Sparsity reports of masks: per layer and global, as a dict or a table."""
+
+from typing import Any, Dict
+
+import jax
+import numpy as np
+
+from optg_jax.transform import path_to_str
+
+PyTree = Any
+
+
+def sparsity_report(masks: PyTree) -> Dict[str, Any]:
+  """Counts kept and total entries of every mask and of all of them.
+
+  Args:
+    masks: a pytree of bool masks (`None` leaves, the unpruned ones, are
+      skipped), e.g. `get_masks(opt_state)`. Device or host arrays.
+
+  Returns:
+    A dict: `"layers"` maps each mask's '/'-joined path to
+    `{"kept", "total", "sparsity"}`; `"kept"`, `"total"` and `"sparsity"`
+    give the global figures over all masks (sparsity 0 when there are none).
+  """
+  layers = {}
+  kept_all = total_all = 0
+  for path, mask in jax.tree_util.tree_leaves_with_path(masks):
+    mask = np.asarray(jax.device_get(mask))
+    kept, total = int(np.count_nonzero(mask)), int(mask.size)
+    layers[path_to_str(path)] = {
+        "kept": kept,
+        "total": total,
+        "sparsity": 1.0 - kept / total if total else 0.0,
+    }
+    kept_all += kept
+    total_all += total
+  return {
+      "layers": layers,
+      "kept": kept_all,
+      "total": total_all,
+      "sparsity": 1.0 - kept_all / total_all if total_all else 0.0,
+  }
+
+
+def sparsity_table(report_or_masks: Any) -> str:
+  """A fixed-width text table of a sparsity report, one row per layer.
+
+  Args:
+    report_or_masks: the dict of `sparsity_report`, or masks to report on.
+
+  Returns:
+    The table, ending with a global row, as a string.
+  """
+  report = report_or_masks
+  if not (isinstance(report, dict) and "layers" in report):
+    report = sparsity_report(report_or_masks)
+  rows = [(name, f"{r['kept']:,}", f"{r['total']:,}",
+           f"{100 * r['sparsity']:.2f}%")
+          for name, r in report["layers"].items()]
+  total = ("all prunable", f"{report['kept']:,}", f"{report['total']:,}",
+           f"{100 * report['sparsity']:.2f}%")
+  header = ("layer", "kept", "total", "sparsity")
+  widths = [max(len(row[i]) for row in [header, total] + rows)
+            for i in range(4)]
+
+  def line(row):
+    return "  ".join([row[0].ljust(widths[0])] +
+                     [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+
+  rule = "  ".join("-" * w for w in widths)
+  return "\n".join([line(header), rule] + [line(r) for r in rows] +
+                   [rule, line(total)]) + "\n"

@@ -1,0 +1,246 @@
+"""The OptG mask optimizer as an optax gradient transformation.
+
+Each prunable weight `W` carries a float32 score `S` (initialised to 0) and a
+binary mask `M` (initially all ones). The model runs on `W * M`; the incoming
+updates are the gradients `G` with respect to those masked weights. One step:
+
+  dS  = G * W                            (straight-through, every weight)
+  buf = momentum * buf + dS;  S = S - mask_lr(t) * buf
+  out = G * M_t                          (pruned weights get no loss gradient)
+  M_{t+1} = topk(S, sparsity(t + 1))     when (t + 1) % update_every == 0
+
+`M_t` is the mask that was in force for step t's forward pass. Put this
+transformation first in the chain so that weight decay and the weights'
+optimizer come after it:
+
+  optax.chain(mask_transform(...), optax.add_decayed_weights(wd),
+              optax.sgd(lr, momentum=0.9))
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optg_jax import schedules
+from optg_jax import topk
+
+PyTree = Any
+Where = Callable[[str, jax.Array], bool]
+
+CRITERIA = ("optg", "magnitude")
+
+
+class OptGState(NamedTuple):
+  """State of `mask_transform`. Prunable leaves hold arrays, others `None`."""
+  count: jax.Array  # Number of updates so far (int32 scalar).
+  scores: PyTree  # float32 scores `S` (all `None` for "magnitude").
+  momentum: PyTree  # float32 momentum buffers of the scores (idem).
+  masks: PyTree  # bool masks in force for the next forward pass.
+
+
+def path_to_str(path: Tuple[Any, ...]) -> str:
+  """A '/'-joined name for a pytree key path, e.g. 'Dense_0/kernel'."""
+  parts = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      parts.append(str(key.name))
+    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(key.key))
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def default_where(path: str, leaf: jax.Array) -> bool:
+  """Prunes conv and dense kernels: every leaf with `ndim >= 2`."""
+  del path
+  return jnp.ndim(leaf) >= 2
+
+
+def _prunable_tree(params: PyTree, where: Where, fn) -> PyTree:
+  """`fn(leaf)` on the leaves `where` selects, `None` on the others."""
+
+  def select(path, leaf):
+    return fn(leaf) if where(path_to_str(path), leaf) else None
+
+  return jax.tree_util.tree_map_with_path(select, params)
+
+
+def mask_transform(sparsity: schedules.ScalarOrSchedule,
+                   mask_learning_rate: schedules.ScalarOrSchedule,
+                   *,
+                   momentum: float = 0.9,
+                   update_every: int = 1,
+                   where: Optional[Where] = None,
+                   criterion: str = "optg") -> optax.GradientTransformation:
+  """OptG: learns global top-k masks from accumulated gradient-driven scores.
+
+  The scores accumulate the first-order criterion `G * W` with SGD momentum
+  (no weight decay) at rate `mask_learning_rate`, each term measured on the
+  current sparse network; every `update_every` steps the masks become the
+  global top-k of the scores at `sparsity(t + 1)`, so layer-wise sparsities
+  are learned. The updates passed on are the gradients masked by the masks in
+  force, so pruned weights receive no loss gradient (weight decay added
+  downstream still reaches them). The model must run on
+  `apply_masks(params, get_masks(opt_state))` and the updates given to this
+  transformation must be the gradients with respect to those masked weights.
+
+  With `criterion="magnitude"` the same schedule and refresh cadence keep the
+  largest `|W|` (of the params passed to `update`) instead: gradual magnitude
+  pruning, the usual baseline. It keeps no scores.
+
+  Args:
+    sparsity: the sparsity of each refresh, a number in [0, 1) or a schedule
+      `step -> sparsity` (see `sigmoid_sparsity_schedule`).
+    mask_learning_rate: the scores' learning rate, a number or a schedule
+      (see `supermask_learning_rate`). Unused by "magnitude".
+    momentum: the scores' momentum (no Nesterov).
+    update_every: refresh the masks when `(t + 1) % update_every == 0`; the
+      reference refreshes once per epoch.
+    where: `where(path, leaf) -> bool` selects the prunable leaves, `path`
+      being a '/'-joined key path such as 'Conv_0/kernel'. Default: leaves
+      with `ndim >= 2` (conv and dense kernels).
+    criterion: "optg" or "magnitude".
+
+  Returns:
+    An `optax.GradientTransformation` whose state is an `OptGState`.
+  """
+  if criterion not in CRITERIA:
+    raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
+                     f"{', '.join(CRITERIA)}")
+  if (not isinstance(update_every, int) or isinstance(update_every, bool) or
+      update_every < 1):
+    raise ValueError(
+        f"update_every must be a positive integer, got {update_every!r}")
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+  if not callable(sparsity):
+    topk.num_to_keep(sparsity, 1)  # Validates a constant sparsity early.
+  where = default_where if where is None else where
+  mask_lr = schedules.as_schedule(mask_learning_rate)
+  learns_scores = criterion == "optg"
+
+  def sparsity_at(step):
+    # A constant stays a Python number so that the top-k count is exact.
+    return sparsity(step) if callable(sparsity) else sparsity
+
+  def init_fn(params):
+    masks = _prunable_tree(params,
+                           where, lambda p: jnp.ones(jnp.shape(p), bool))
+    if learns_scores:
+      zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+      scores = _prunable_tree(params, where, zeros)
+      buffers = _prunable_tree(params, where, zeros)
+    else:
+      scores = buffers = jax.tree.map(lambda _: None, masks)
+    return OptGState(count=jnp.zeros([], jnp.int32), scores=scores,
+                     momentum=buffers, masks=masks)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("mask_transform needs the params: call "
+                       "update(updates, state, params)")
+    step = state.count
+    masks = state.masks
+
+    if learns_scores:
+      lr = jnp.asarray(mask_lr(step), jnp.float32)
+
+      def new_buffer(g, w, m, buf):
+        if m is None:
+          return None
+        score_grad = g.astype(jnp.float32) * w.astype(jnp.float32)
+        return momentum * buf + score_grad
+
+      buffers = jax.tree.map(new_buffer, updates, params, masks,
+                             state.momentum)
+      scores = jax.tree.map(
+          lambda m, s, b: None if m is None else s - lr * b,
+          masks, state.scores, buffers, is_leaf=lambda x: x is None)
+      ranking = scores
+    else:
+      buffers, scores = state.momentum, state.scores
+      ranking = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
+                             params, masks)
+
+    next_step = optax.safe_int32_increment(step)
+    refresh = next_step % update_every == 0
+    new_masks = jax.lax.cond(
+        refresh, lambda: topk.topk_masks(ranking, sparsity_at(next_step)),
+        lambda: masks)
+
+    masked_updates = jax.tree.map(
+        lambda g, m: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
+        updates, masks)
+    return masked_updates, OptGState(count=next_step, scores=scores,
+                                     momentum=buffers, masks=new_masks)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find_states(opt_state: PyTree) -> list:
+  is_state = lambda x: isinstance(x, OptGState)
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state)
+          if is_state(x)]
+
+
+def get_optg_state(opt_state: PyTree) -> OptGState:
+  """The single `OptGState` inside an optimizer state.
+
+  Looks through any nesting of optax states (`chain`, `inject_hyperparams`,
+  `multi_transform`, `MultiSteps`, ...).
+
+  Args:
+    opt_state: an optax optimizer state.
+
+  Returns:
+    The `OptGState` found.
+
+  Raises:
+    ValueError: if there is none or more than one.
+  """
+  found = _find_states(opt_state)
+  if not found:
+    raise ValueError("no mask_transform state found in the optimizer state")
+  if len(found) > 1:
+    raise ValueError(f"found {len(found)} mask_transform states in the "
+                     "optimizer state; expected exactly one")
+  return found[0]
+
+
+def get_masks(opt_state: PyTree) -> PyTree:
+  """The masks in force: bool arrays on prunable leaves, `None` elsewhere.
+
+  Args:
+    opt_state: an optax optimizer state containing one `mask_transform`
+      state, anywhere.
+
+  Returns:
+    A pytree with the params' structure. Leaves that the transform does not
+    see (other groups of `optax.multi_transform`) are `None` too.
+  """
+  masks = get_optg_state(opt_state).masks
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda x: None if is_masked(x) else x, masks,
+                      is_leaf=is_masked)
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+  """Zeroes the pruned weights; a `None` mask passes the weight through.
+
+  Args:
+    params: the dense weights.
+    masks: a pytree with the params' structure: bool arrays or `None`.
+
+  Returns:
+    The params with pruned entries set to zero.
+  """
+  return jax.tree.map(
+      lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
+      params, masks)
