@@ -88,8 +88,7 @@ def as_schedule(value: ScalarOrSchedule) -> Schedule:
   """Wraps a number as a constant schedule; passes a callable through."""
   if callable(value):
     return value
-  constant = float(value)
-  return lambda step: jnp.asarray(constant, jnp.float32)
+  return lambda step: jnp.asarray(value, jnp.float32)
 
 
 def supermask_learning_rate(learning_rate: ScalarOrSchedule,

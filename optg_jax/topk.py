@@ -60,11 +60,10 @@ def _check_sparsity(sparsity) -> None:
     return  # A traced sparsity is trusted.
   if isinstance(sparsity, bool):
     raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-  try:
-    value = float(np.asarray(sparsity))
-  except (TypeError, ValueError):
-    raise ValueError(
-        f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+  array = np.asarray(sparsity) if not isinstance(sparsity, str) else None
+  if array is None or array.shape or array.dtype.kind not in "fiu":
+    raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+  value = float(array)
   if math.isnan(value) or not 0.0 <= value < 1.0:
     raise ValueError(f"sparsity must be a number in [0, 1), got {value!r}")
 

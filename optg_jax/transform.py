@@ -114,13 +114,17 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   if criterion not in CRITERIA:
     raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
                      f"{', '.join(CRITERIA)}")
+  if isinstance(update_every, jax.core.Tracer):
+    raise ValueError("update_every must be a static Python int; with "
+                     "optax.inject_hyperparams pass "
+                     "static_args=('update_every',)")
   if (not isinstance(update_every, int) or isinstance(update_every, bool) or
       update_every < 1):
     raise ValueError(
         f"update_every must be a positive integer, got {update_every!r}")
-  if not 0.0 <= momentum < 1.0:
+  if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= momentum < 1.0:
     raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-  if not callable(sparsity):
+  if not callable(sparsity) and not isinstance(sparsity, jax.core.Tracer):
     topk.num_to_keep(sparsity, 1)  # Validates a constant sparsity early.
   where = default_where if where is None else where
   mask_lr = schedules.as_schedule(mask_learning_rate)

@@ -1,0 +1,288 @@
+"""Tests of mask_transform, get_masks and apply_masks (optg_jax/transform.py)."""
+
+from fractions import Fraction
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optg_jax as optg
+
+
+def make_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      "conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 4)),
+                                     jnp.float32),
+               "bias": jnp.asarray(rng.standard_normal((4,)), jnp.float32)},
+      "dense": {"kernel": jnp.asarray(rng.standard_normal((8, 5)),
+                                      jnp.float32),
+                "bias": jnp.zeros((5,), jnp.float32)},
+  }
+
+
+def make_grads(seed):
+  return jax.tree.map(
+      lambda p: jnp.asarray(
+          np.random.default_rng(seed).standard_normal(p.shape), jnp.float32),
+      make_params())
+
+
+def count_kept(masks):
+  return sum(int(np.count_nonzero(m)) for m in jax.tree.leaves(masks))
+
+
+NUM_PRUNABLE = 3 * 3 * 2 * 4 + 8 * 5
+
+
+def test_init_masks_dense_scores_zero_and_biases_unpruned():
+  params = make_params()
+  state = optg.mask_transform(0.5, 0.1).init(params)
+  assert int(state.count) == 0
+  assert state.masks["conv"]["bias"] is None
+  assert state.scores["dense"]["bias"] is None
+  assert bool(jnp.all(state.masks["conv"]["kernel"]))
+  assert state.masks["dense"]["kernel"].dtype == jnp.bool_
+  assert float(jnp.abs(state.scores["dense"]["kernel"]).max()) == 0.0
+  assert state.scores["conv"]["kernel"].dtype == jnp.float32
+
+
+def test_first_step_scores_and_masked_updates():
+  params, grads = make_params(), make_grads(1)
+  tx = optg.mask_transform(0.5, 0.3, update_every=1)
+  state = tx.init(params)
+  out, state = jax.jit(tx.update)(grads, state, params)
+  for name in ("conv", "dense"):
+    want = -0.3 * grads[name]["kernel"] * params[name]["kernel"]
+    np.testing.assert_allclose(state.scores[name]["kernel"], want, rtol=1e-6)
+    # The mask in force for step 0 was dense: the gradient passes unmasked,
+    # although the refresh has already pruned half of the weights.
+    np.testing.assert_array_equal(out[name]["kernel"], grads[name]["kernel"])
+    np.testing.assert_array_equal(out[name]["bias"], grads[name]["bias"])
+  assert count_kept(state.masks) == NUM_PRUNABLE // 2
+
+
+def test_second_step_masks_updates_with_mask_in_force():
+  params = make_params()
+  tx = optg.mask_transform(0.5, 0.3, update_every=1)
+  state = tx.init(params)
+  _, state = tx.update(make_grads(1), state, params)
+  masks_in_force = state.masks
+  grads = make_grads(2)
+  out, state = tx.update(grads, state, params)
+  for name in ("conv", "dense"):
+    m = np.asarray(masks_in_force[name]["kernel"])
+    np.testing.assert_array_equal(out[name]["kernel"],
+                                  np.where(m, grads[name]["kernel"], 0.0))
+    np.testing.assert_array_equal(out[name]["bias"], grads[name]["bias"])
+
+
+def test_momentum_accumulates_with_scheduled_mask_lr():
+  params = make_params()
+  mask_lr = lambda step: 0.1 * (step + 1.0)  # 0.1, then 0.2
+  tx = optg.mask_transform(0.0, mask_lr, momentum=0.8)
+  state = tx.init(params)
+  g1, g2 = make_grads(1), make_grads(2)
+  _, state = tx.update(g1, state, params)
+  _, state = tx.update(g2, state, params)
+  w = params["dense"]["kernel"]
+  d1, d2 = g1["dense"]["kernel"] * w, g2["dense"]["kernel"] * w
+  buf2 = 0.8 * d1 + d2
+  np.testing.assert_allclose(state.momentum["dense"]["kernel"], buf2,
+                             rtol=1e-6)
+  np.testing.assert_allclose(state.scores["dense"]["kernel"],
+                             -0.1 * d1 - 0.2 * buf2, rtol=1e-5, atol=1e-7)
+
+
+def test_score_gradient_uses_raw_weights_of_pruned_entries():
+  params = make_params()
+  tx = optg.mask_transform(0.9, 1.0, momentum=0.0)
+  state = tx.init(params)
+  _, state = tx.update(make_grads(1), state, params)
+  pruned = ~np.asarray(state.masks["dense"]["kernel"])
+  assert pruned.sum() > 0
+  grads = make_grads(2)
+  before = np.asarray(state.scores["dense"]["kernel"])
+  _, state = tx.update(grads, state, params)
+  delta = np.asarray(state.scores["dense"]["kernel"]) - before
+  want = -np.asarray(grads["dense"]["kernel"] * params["dense"]["kernel"])
+  np.testing.assert_allclose(delta[pruned], want[pruned], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_refresh_cadence_and_exact_count_of_scheduled_sparsity():
+  params = make_params()
+  sparsity = lambda step: jnp.minimum(0.07 * step, 0.95).astype(jnp.float32)
+  tx = optg.mask_transform(sparsity, 0.5, update_every=3)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  previous = state.masks
+  for t in range(10):
+    _, state = update(make_grads(t), state, params)
+    kept = count_kept(state.masks)
+    if (t + 1) % 3 == 0:
+      s = float(sparsity(t + 1))  # the float32 value the transform used
+      assert kept == NUM_PRUNABLE - round(Fraction(s) * NUM_PRUNABLE)
+    else:
+      for a, b in zip(jax.tree.leaves(previous), jax.tree.leaves(state.masks)):
+        np.testing.assert_array_equal(a, b)
+    previous = state.masks
+  assert int(state.count) == 10
+
+
+def test_refreshed_masks_are_global_topk_of_scores():
+  params = make_params()
+  tx = optg.mask_transform(0.6, 0.5, update_every=2)
+  state = tx.init(params)
+  for t in range(2):
+    _, state = tx.update(make_grads(t), state, params)
+  want = optg.topk_masks(state.scores, 0.6)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(state.masks)):
+    np.testing.assert_array_equal(a, b)
+  # Layer-wise sparsities are learned: they differ between the two kernels.
+  report = optg.sparsity_report(state.masks)
+  assert report["kept"] == NUM_PRUNABLE - round(0.6 * NUM_PRUNABLE)
+
+
+def test_magnitude_criterion_keeps_largest_weights():
+  params = make_params()
+  tx = optg.mask_transform(0.75, 0.5, criterion="magnitude")
+  state = tx.init(params)
+  assert state.scores["dense"]["kernel"] is None
+  _, state = tx.update(make_grads(1), state, params)
+  magnitudes = np.concatenate(
+      [np.abs(params[n]["kernel"]).reshape(-1) for n in ("conv", "dense")])
+  kept = np.concatenate(
+      [np.asarray(state.masks[n]["kernel"]).reshape(-1)
+       for n in ("conv", "dense")])
+  assert kept.sum() == NUM_PRUNABLE - round(0.75 * NUM_PRUNABLE)
+  assert magnitudes[kept].min() > magnitudes[~kept].max()
+
+
+def test_where_selects_prunable_leaves_by_path():
+  params = make_params()
+  tx = optg.mask_transform(0.5, 0.1,
+                           where=lambda path, leaf: path == "dense/kernel")
+  state = tx.init(params)
+  assert state.masks["conv"]["kernel"] is None
+  _, state = tx.update(make_grads(1), state, params)
+  assert count_kept(state.masks) == 20
+
+
+def test_bad_arguments_raise():
+  with pytest.raises(ValueError, match="criterion.*optg, magnitude"):
+    optg.mask_transform(0.5, 0.1, criterion="snip")
+  with pytest.raises(ValueError, match="sparsity"):
+    optg.mask_transform(1.0, 0.1)
+  with pytest.raises(ValueError, match="update_every"):
+    optg.mask_transform(0.5, 0.1, update_every=0)
+  tx = optg.mask_transform(0.5, 0.1)
+  state = tx.init(make_params())
+  with pytest.raises(ValueError, match="params"):
+    tx.update(make_grads(1), state)
+
+
+def test_apply_masks_zeroes_pruned_and_passes_none():
+  params = make_params()
+  tx = optg.mask_transform(0.5, 0.1)
+  state = tx.init(params)
+  _, state = tx.update(make_grads(1), state, params)
+  masked = optg.apply_masks(params, optg.get_masks(state))
+  m = np.asarray(state.masks["dense"]["kernel"])
+  np.testing.assert_array_equal(masked["dense"]["kernel"],
+                                np.where(m, params["dense"]["kernel"], 0))
+  np.testing.assert_array_equal(masked["conv"]["bias"], params["conv"]["bias"])
+
+
+def run_steps(tx, steps=4):
+  params = make_params()
+  state = tx.init(params)
+  for t in range(steps):
+    updates, state = tx.update(make_grads(t), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def test_chain_and_inject_hyperparams_match_plain_transform():
+  plain = optax.chain(optg.mask_transform(0.5, 0.2, update_every=2),
+                      optax.add_decayed_weights(1e-4), optax.sgd(0.1, 0.9))
+  injected = optax.chain(
+      optax.inject_hyperparams(optg.mask_transform,
+                               static_args=("update_every",))(
+          sparsity=0.5, mask_learning_rate=0.2, update_every=2),
+      optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9))
+  p1, s1 = run_steps(plain)
+  p2, s2 = jax.jit(lambda: run_steps(injected))()
+  for a, b in zip(jax.tree.leaves(optg.get_masks(s1)),
+                  jax.tree.leaves(optg.get_masks(s2))):
+    np.testing.assert_array_equal(a, b)
+  assert count_kept(optg.get_masks(s2)) == NUM_PRUNABLE // 2
+  assert int(optg.get_optg_state(s2).count) == 4
+
+
+def test_get_masks_through_multi_transform_and_multisteps():
+  labels = {"conv": {"kernel": "sparse", "bias": "dense"},
+            "dense": {"kernel": "sparse", "bias": "dense"}}
+  tx = optax.multi_transform(
+      {"sparse": optax.chain(optg.mask_transform(0.5, 0.2), optax.sgd(0.1)),
+       "dense": optax.sgd(0.1)}, labels)
+  _, state = run_steps(tx, steps=1)
+  masks = optg.get_masks(state)
+  assert masks["conv"]["bias"] is None
+  assert masks["dense"]["kernel"].shape == (8, 5)
+  assert count_kept(masks) == NUM_PRUNABLE // 2
+
+  multi = optax.MultiSteps(optax.chain(optg.mask_transform(0.5, 0.2),
+                                       optax.sgd(0.1)), every_k_schedule=2)
+  _, state = run_steps(multi, steps=4)
+  assert int(optg.get_optg_state(state).count) == 2
+  assert count_kept(optg.get_masks(state)) == NUM_PRUNABLE // 2
+
+
+def test_get_masks_errors_without_or_with_two_states():
+  with pytest.raises(ValueError, match="no mask_transform"):
+    optg.get_masks(optax.sgd(0.1).init(make_params()))
+  two = optax.chain(optg.mask_transform(0.5, 0.1),
+                    optg.mask_transform(0.5, 0.1))
+  with pytest.raises(ValueError, match="2 mask_transform"):
+    optg.get_masks(two.init(make_params()))
+
+
+def test_pmap_over_four_devices_keeps_identical_replicas():
+  assert jax.local_device_count() == 4
+  params = make_params()
+  tx = optax.chain(optg.mask_transform(0.5, 0.3, update_every=2),
+                   optax.sgd(0.1))
+  state = tx.init(params)
+
+  def step(params, state, grads):
+    grads = jax.lax.pmean(grads, axis_name="batch")
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  p_step = jax.pmap(step, axis_name="batch")
+  rp, rs = flax.jax_utils.replicate(params), flax.jax_utils.replicate(state)
+  expected_p, expected_s = params, state
+  for t in range(3):
+    per_device = [make_grads(10 * t + d) for d in range(4)]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *per_device)
+    rp, rs = p_step(rp, rs, stacked)
+    mean = jax.tree.map(lambda *x: sum(x) / 4, *per_device)
+    expected_p, expected_s = _single(tx, expected_p, expected_s, mean)
+  for leaf in jax.tree.leaves((rp, optg.get_masks(rs),
+                               optg.get_optg_state(rs).scores)):
+    for d in range(1, 4):
+      np.testing.assert_array_equal(leaf[d], leaf[0])
+  for a, b in zip(jax.tree.leaves(optg.get_masks(rs)),
+                  jax.tree.leaves(optg.get_masks(expected_s))):
+    np.testing.assert_array_equal(a[0], b)
+  for a, b in zip(jax.tree.leaves(rp), jax.tree.leaves(expected_p)):
+    np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+
+
+def _single(tx, params, state, grads):
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
