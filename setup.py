@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "clu>=0.0.10",
     "absl-py>=1.0",
     "tensorflow-cpu>=2.15",
+    "tensorboard>=2.15",
     "tensorflow-datasets>=4.9",
     "scikit-learn>=1.3",
 ]

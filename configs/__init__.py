@@ -1,0 +1,1 @@
+"""Training recipes: `ml_collections` configs, one `get_config()` per file."""

@@ -1,0 +1,74 @@
+"""Trains a sparse network with OptG: the command-line entry point.
+
+  python launch/train.py --config=configs/imagenet.py --workdir=DIR \
+      [--config.sparsity=0.95] [--config.data_dir=TFDS_DIR]
+
+Multi-process runs pass `--coordinator_address`, `--num_processes` and
+`--process_id` (see launch/README.md); on a TPU pod, start the same command
+on every worker with none of them. A workdir that holds checkpoints resumes
+from the latest one. All the logic lives in `optg_jax.train`.
+"""
+
+import os
+import sys
+
+# The repository root, so that configs can import `configs.default`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and "
+                    "the summary.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for a multi-process run.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
+                  "with no arguments (TPU pods, SLURM and other clusters it "
+                  "detects by itself).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+
+  # TensorFlow only feeds the input pipeline: keep it off the accelerators.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    # Collectives between CPU devices of several processes (a CPU-only run);
+    # GPUs and TPUs bring their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if FLAGS.coordinator_address:
+      kwargs = dict(coordinator_address=FLAGS.coordinator_address,
+                    num_processes=FLAGS.num_processes,
+                    process_id=FLAGS.process_id)
+    jax.distributed.initialize(**kwargs)
+
+  from optg_jax import data  # pylint: disable=g-import-not-at-top
+  from optg_jax import train  # pylint: disable=g-import-not-at-top
+
+  logging.info("JAX process %d of %d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (train.ConfigError, data.DatasetError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except train.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,585 @@
+"""OptG training and evaluation: `train_and_evaluate(config, workdir)`.
+
+The harness behind `launch/train.py`: it validates the configuration, builds
+the input pipeline, the Flax model and the optax chain
+`mask_transform -> add_decayed_weights -> sgd(momentum)`, and runs a
+`jax.pmap`ped train step over the local devices (`axis_name="batch"`), with
+orbax checkpoints (resumed automatically), clu metrics, and a summary of the
+sparse model at the end. `config.method` is "optg", "magnitude" (gradual
+magnitude pruning through the same transform) or "dense" (no masks), so the
+baselines run through the same code.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+from flax import jax_utils
+from flax.training import dynamic_scale as dynamic_scale_lib
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import optg_jax as optg
+from optg_jax import data
+from optg_jax import flops
+from optg_jax import models
+
+METHODS = ("optg", "magnitude", "dense")
+DATASETS = ("imagenet2012", "cifar10", "digits", "fake")
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; the message is one line."""
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradients stopped being finite."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a run needs to continue: saved in every checkpoint."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  dynamic_scale: Optional[dynamic_scale_lib.DynamicScale]
+
+
+# ---------------------------------------------------------------------------
+# Configuration.
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    global_device_count: int) -> None:
+  """Raises ConfigError (one line) for a configuration that cannot run."""
+
+  def fail(message):
+    raise ConfigError(message)
+
+  if config.model not in models.names():
+    fail(f"unknown model {config.model!r}; valid models: "
+         f"{', '.join(models.names())}")
+  if config.method not in METHODS:
+    fail(f"unknown method {config.method!r}; valid methods: "
+         f"{', '.join(METHODS)}")
+  if config.dataset not in DATASETS:
+    fail(f"unknown dataset {config.dataset!r}; valid datasets: "
+         f"{', '.join(DATASETS)}")
+  sparsity = config.sparsity
+  if (not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or
+      not 0.0 <= sparsity < 1.0):
+    fail(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+  if config.method != "dense" and sparsity == 0:
+    fail(f"method {config.method!r} needs a sparsity > 0 (use method "
+         "'dense' for a dense run)")
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if not isinstance(value, int) or value <= 0:
+      fail(f"{name} must be a positive integer, got {value!r}")
+    if value % global_device_count:
+      fail(f"{name} {value} is not divisible by the global device count "
+           f"{global_device_count}")
+  if not isinstance(config.num_epochs, int) or config.num_epochs <= 0:
+    fail(f"num_epochs must be a positive integer, got {config.num_epochs!r}")
+  if config.warmup_epochs < 0 or config.warmup_epochs >= config.num_epochs:
+    fail(f"warmup_epochs must be in [0, num_epochs), got "
+         f"{config.warmup_epochs!r}")
+  if config.beta <= 0:
+    fail(f"beta must be positive, got {config.beta!r}")
+  if config.learning_rate <= 0:
+    fail(f"learning_rate must be positive, got {config.learning_rate!r}")
+  for name in ("log_every_steps", "checkpoint_every_steps"):
+    if config[name] <= 0:
+      fail(f"{name} must be positive, got {config[name]!r}")
+  if config.keep_checkpoints < 1:
+    fail(f"keep_checkpoints must be at least 1, got "
+         f"{config.keep_checkpoints!r}")
+
+
+def half_precision_dtype() -> jnp.dtype:
+  """bfloat16, or float16 on GPUs without native bfloat16 (before Ampere)."""
+  device = jax.local_devices()[0]
+  if device.platform == "gpu":
+    capability = getattr(device, "compute_capability", None)
+    if capability is not None and float(capability) < 8.0:
+      return jnp.float16
+  return jnp.bfloat16
+
+
+# ---------------------------------------------------------------------------
+# Optimizer and schedules.
+
+
+class Schedules(flax.struct.PyTreeNode):
+  """The run's schedules, functions of the optimizer step."""
+  learning_rate: Any = flax.struct.field(pytree_node=False)
+  sparsity: Any = flax.struct.field(pytree_node=False)
+  mask_learning_rate: Any = flax.struct.field(pytree_node=False)
+
+
+def create_schedules(config, steps_per_epoch: int) -> Schedules:
+  """Warm-up + cosine learning rate, sigmoid sparsity, coupled mask lr."""
+  base_lr = config.learning_rate
+  if config.lr_reference_batch_size:
+    base_lr = base_lr * config.batch_size / config.lr_reference_batch_size
+  total_steps = config.num_epochs * steps_per_epoch
+  warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+  learning_rate = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=0.0)
+  if config.method == "dense":
+    sparsity = lambda step: jnp.float32(0.0)
+    mask_lr = lambda step: jnp.float32(0.0)
+  else:
+    sparsity = optg.sigmoid_sparsity_schedule(
+        config.sparsity, config.num_epochs, steps_per_epoch, beta=config.beta)
+    mask_lr = optg.supermask_learning_rate(learning_rate, sparsity,
+                                           config.sparsity)
+  return Schedules(learning_rate=learning_rate, sparsity=sparsity,
+                   mask_learning_rate=mask_lr)
+
+
+def update_every_steps(config, steps_per_epoch: int) -> int:
+  """Mask refresh period: `config.update_every_steps`, 0 for once an epoch."""
+  return config.update_every_steps or steps_per_epoch
+
+
+def create_optimizer(config, schedules: Schedules,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+  """`mask_transform -> add_decayed_weights -> sgd(momentum)`."""
+  chain = []
+  if config.method != "dense":
+    chain.append(optg.mask_transform(
+        schedules.sparsity, schedules.mask_learning_rate,
+        momentum=config.mask_momentum,
+        update_every=update_every_steps(config, steps_per_epoch),
+        criterion=config.method))
+  chain += [
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedules.learning_rate, momentum=config.momentum,
+                nesterov=config.nesterov),
+  ]
+  return optax.chain(*chain)
+
+
+def current_masks(config, opt_state):
+  """The masks in force, or None for a dense run."""
+  return None if config.method == "dense" else optg.get_masks(opt_state)
+
+
+def masked_params(config, params, opt_state):
+  masks = current_masks(config, opt_state)
+  return params if masks is None else optg.apply_masks(params, masks)
+
+
+# ---------------------------------------------------------------------------
+# Model and state.
+
+
+def create_model(config, num_classes: int):
+  dtype = half_precision_dtype() if config.half_precision else jnp.float32
+  return models.create(config.model, num_classes, dtype=dtype,
+                       **config.model_kwargs.to_dict())
+
+
+def create_train_state(rng, config, model, image_shape,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises the model variables and the optimizer state."""
+  variables = jax.jit(
+      lambda rng: model.init(rng, jnp.zeros((1,) + tuple(image_shape),
+                                            jnp.float32), train=False))(rng)
+  params = variables["params"]
+  dynamic_scale = None
+  if config.half_precision and model.dtype == jnp.float16:
+    dynamic_scale = dynamic_scale_lib.DynamicScale()
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), dynamic_scale=dynamic_scale)
+
+
+# ---------------------------------------------------------------------------
+# Steps.
+
+
+def cross_entropy_loss(logits, labels, label_smoothing: float):
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes),
+                                label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32),
+                                     targets).mean()
+
+
+def _tree_all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def train_step(state: TrainState, batch, *, model, tx, config,
+               schedules: Schedules):
+  """One pmapped step: forward on the masked weights, pmean, optax update.
+
+  A step whose loss or gradients are not finite leaves the state unchanged
+  (but for the step count) and reports `finite = 0`; the host stops the run.
+  """
+  masked = masked_params(config, state.params, state.opt_state)
+
+  def loss_fn(masked):
+    logits, new_model_state = model.apply(
+        {"params": masked, "batch_stats": state.batch_stats}, batch["image"],
+        train=True, mutable=["batch_stats"])
+    loss = cross_entropy_loss(logits, batch["label"], config.label_smoothing)
+    return loss, (new_model_state, logits)
+
+  dynamic_scale = state.dynamic_scale
+  if dynamic_scale is not None:
+    grad_fn = dynamic_scale.value_and_grad(loss_fn, has_aux=True,
+                                           axis_name="batch")
+    dynamic_scale, scale_finite, (loss, aux), grads = grad_fn(masked)
+  else:
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(masked)
+    grads = lax.pmean(grads, axis_name="batch")
+    scale_finite = jnp.bool_(True)
+  new_model_state, logits = aux
+  batch_stats = lax.pmean(new_model_state["batch_stats"], axis_name="batch")
+  loss = lax.pmean(loss, axis_name="batch")
+  # Identical on every device: loss and gradients are pmean-ed.
+  finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if dynamic_scale is not None:
+    # fp16 loss scaling: an overflow skips the step and lowers the scale.
+    apply_step, finite = scale_finite, finite | ~scale_finite
+  else:
+    apply_step = finite
+  choose = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.where(apply_step, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=choose(params, state.params),
+      batch_stats=choose(batch_stats, state.batch_stats),
+      opt_state=choose(opt_state, state.opt_state),
+      dynamic_scale=dynamic_scale)
+
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  metrics = {
+      "loss": loss,
+      "accuracy": lax.pmean(accuracy, axis_name="batch"),
+      "learning_rate": schedules.learning_rate(state.step),
+      "mask_learning_rate": schedules.mask_learning_rate(state.step),
+      "scheduled_sparsity": schedules.sparsity(state.step),
+      # Finite loss and gradients (an fp16 overflow is handled by the scale).
+      "finite": finite.astype(jnp.float32),
+  }
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, model, config):
+  """Sums of loss, top-1 and top-5 hits over the real (unpadded) examples."""
+  masked = masked_params(config, state.params, state.opt_state)
+  logits = model.apply({"params": masked, "batch_stats": state.batch_stats},
+                       batch["image"], train=False)
+  logits = logits.astype(jnp.float32)
+  weight = batch["mask"].astype(jnp.float32)
+  labels = batch["label"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  top5 = jnp.any(lax.top_k(logits, min(5, logits.shape[-1]))[1] ==
+                 labels[:, None], axis=-1)
+  sums = {
+      "loss": jnp.sum(loss * weight),
+      "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * weight),
+      "top5": jnp.sum(top5 * weight),
+      "count": jnp.sum(weight),
+  }
+  return lax.psum(sums, axis_name="batch")
+
+
+# ---------------------------------------------------------------------------
+# Helpers of the loop.
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.keep_checkpoints, create=True,
+          enable_async_checkpointing=False))
+
+
+def restore_latest(manager: ocp.CheckpointManager,
+                   state: TrainState) -> TrainState:
+  """The latest checkpoint restored into `state`'s structure, if any."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  logging.info("Restoring checkpoint of step %d from %s", step,
+               manager.directory)
+  return manager.restore(step, args=ocp.args.StandardRestore(state))
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
+  host_state = jax.device_get(jax_utils.unreplicate(state))
+  manager.save(int(host_state.step), args=ocp.args.StandardSave(host_state),
+               force=True)
+  manager.wait_until_finished()
+
+
+def evaluate(p_eval_step, state, config, local_device_count: int):
+  """Loss, top-1 and top-5 over the whole eval split (every process)."""
+  totals = None
+  for batch in data.eval_iterator(config, process_index=jax.process_index(),
+                                  process_count=jax.process_count(),
+                                  local_device_count=local_device_count):
+    sums = p_eval_step(state, jax_utils.prefetch_to_device(iter([batch]), 1)
+                       .__next__())
+    sums = jax.tree.map(lambda x: float(x[0]), sums)
+    totals = sums if totals is None else jax.tree.map(
+        lambda a, b: a + b, totals, sums)
+  count = totals["count"]
+  return {"eval_loss": totals["loss"] / count,
+          "eval_accuracy": totals["top1"] / count,
+          "eval_top5_accuracy": totals["top5"] / count,
+          "eval_examples": int(count)}
+
+
+def _model_summary(config, model, state: TrainState, image_shape):
+  """Actual sparsity, MACs and the per-layer table of the host state."""
+  params = state.params
+  masks = current_masks(config, state.opt_state)
+  variables = {"params": params, "batch_stats": state.batch_stats}
+  macs = flops.count_macs(model, variables, (1,) + tuple(image_shape),
+                          masks=masks)
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+  if masks is None:
+    report = optg.sparsity_report(jax.tree.map(
+        lambda p: np.ones(np.shape(p), bool) if np.ndim(p) >= 2 else None,
+        params))
+  else:
+    report = optg.sparsity_report(masks)
+  return {
+      "sparsity": report["sparsity"],
+      "prunable_params": report["total"],
+      "kept_params": report["kept"],
+      "num_params": num_params,
+      "dense_macs": int(macs.dense),
+      "sparse_macs": int(macs.sparse),
+  }, optg.sparsity_table(report)
+
+
+def _write_outputs(workdir, summary, table):
+  """summary.json and sparsity.txt, written atomically by process 0."""
+  if jax.process_index() != 0:
+    return
+  for name, text in (("summary.json", json.dumps(summary, indent=2) + "\n"),
+                     ("sparsity.txt", table)):
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+class _Run:
+  """Everything derived from the config before anything is written."""
+
+  def __init__(self, config):
+    self.config = config
+    self.local_device_count = jax.local_device_count()
+    validate_config(config, jax.device_count())
+    self.info = data.dataset_info(config)  # Raises DatasetError.
+    self.steps_per_epoch = data.steps_per_epoch(config, jax.process_count())
+    if self.steps_per_epoch < 1:
+      raise ConfigError(
+          f"batch_size {config.batch_size} is larger than the "
+          f"{self.info.num_train} training examples of {config.dataset}")
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    if config.num_train_steps > 0:
+      self.total_steps = min(self.total_steps, config.num_train_steps)
+    self.schedules = create_schedules(config, self.steps_per_epoch)
+    self.tx = create_optimizer(config, self.schedules, self.steps_per_epoch)
+    self.model = create_model(config, self.info.num_classes)
+
+  def initial_state(self) -> TrainState:
+    rng = jax.random.key(self.config.seed)
+    return create_train_state(rng, self.config, self.model,
+                              self.info.image_shape, self.tx)
+
+  def pmapped_steps(self):
+    p_train = jax.pmap(
+        functools.partial(train_step, model=self.model, tx=self.tx,
+                          config=self.config, schedules=self.schedules),
+        axis_name="batch", donate_argnums=(0,))
+    p_eval = jax.pmap(
+        functools.partial(eval_step, model=self.model, config=self.config),
+        axis_name="batch")
+    return p_train, p_eval
+
+
+def _summary(run: _Run, state_host: TrainState, eval_metrics, wall_time):
+  config = run.config
+  model_figures, table = _model_summary(config, run.model, state_host,
+                                        run.info.image_shape)
+  final_step = int(state_host.step)
+  summary = {
+      **{k: float(v) for k, v in eval_metrics.items()
+         if k != "eval_examples"},
+      "eval_examples": eval_metrics["eval_examples"],
+      "sparsity": model_figures["sparsity"],
+      "target_sparsity": (float(config.sparsity)
+                          if config.method != "dense" else 0.0),
+      "scheduled_sparsity": float(run.schedules.sparsity(final_step)),
+      **{k: v for k, v in model_figures.items() if k != "sparsity"},
+      "steps": final_step,
+      "epochs": final_step / run.steps_per_epoch,
+      "process_count": jax.process_count(),
+      "device_count": jax.device_count(),
+      "model": config.model,
+      "method": config.method,
+      "dataset": config.dataset,
+      "wall_time_s": wall_time,
+  }
+  return summary, table
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes, or with `config.eval_only` evaluates) and summarises.
+
+  Nothing is written to `workdir` before the configuration and the dataset
+  are known to be usable. A workdir holding checkpoints resumes from the
+  latest one: params, batch statistics, optimizer state (scores and masks),
+  step and, through the step, the position in the data.
+
+  Args:
+    config: the run's `ml_collections.ConfigDict` (see `configs/`).
+    workdir: where checkpoints, metrics, `summary.json` and `sparsity.txt` go.
+
+  Returns:
+    The summary written to `WORKDIR/summary.json`.
+  """
+  start_time = time.time()
+  run = _Run(config)
+  workdir = os.path.abspath(workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if config.eval_only and not (os.path.isdir(ckpt_dir) and os.listdir(
+      ckpt_dir)):
+    raise ConfigError(f"eval_only: no checkpoint to evaluate in {ckpt_dir}")
+
+  state = run.initial_state()
+  manager = checkpoint_manager(workdir, config)
+  state = restore_latest(manager, state)
+  start_step = int(state.step)
+  p_train, p_eval = run.pmapped_steps()
+  state = jax_utils.replicate(state)
+
+  if config.eval_only:
+    eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
+    summary, table = _summary(run, jax.device_get(
+        jax_utils.unreplicate(state)), eval_metrics, time.time() - start_time)
+    _write_outputs(workdir, summary, table)
+    return summary
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  logging.info("Training %s (%s, target sparsity %s) on %s: steps %d..%d, "
+               "%d steps/epoch, %d devices", config.model, config.method,
+               config.sparsity, config.dataset, start_step, run.total_steps,
+               run.steps_per_epoch, jax.device_count())
+
+  train_iter = data.train_iterator(
+      config, start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      local_device_count=run.local_device_count)
+  train_iter = jax_utils.prefetch_to_device(train_iter, 2)
+  hooks = []
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=run.total_steps, writer=writer,
+      every_steps=config.log_every_steps, every_secs=None)
+  if jax.process_index() == 0:
+    hooks.append(report_progress)
+
+  train_metrics = []
+  last_saved = start_step
+  step = start_step
+  for step in range(start_step, run.total_steps):
+    batch = next(train_iter)
+    state, metrics = p_train(state, batch)
+    train_metrics.append(metrics)
+    done = step + 1
+    for hook in hooks:
+      hook(done)
+    end_of_epoch = done % run.steps_per_epoch == 0
+    if done % config.log_every_steps == 0 or done == run.total_steps:
+      _check_finite_and_log(writer, train_metrics, done, state, config)
+      train_metrics = []
+    if (config.eval_every_epochs and end_of_epoch and
+        (done // run.steps_per_epoch) % config.eval_every_epochs == 0 and
+        done < run.total_steps):
+      eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
+      writer.write_scalars(done, eval_metrics)
+    if done % config.checkpoint_every_steps == 0 and done < run.total_steps:
+      _check_finite_and_log(writer, train_metrics, done, state, config,
+                            write=False)
+      save_checkpoint(manager, state)
+      last_saved = done
+
+  if train_metrics:
+    _check_finite_and_log(writer, train_metrics, run.total_steps, state,
+                          config)
+  if last_saved != int(jax_utils.unreplicate(state.step)):
+    save_checkpoint(manager, state)
+  eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
+  writer.write_scalars(run.total_steps, eval_metrics)
+  state_host = jax.device_get(jax_utils.unreplicate(state))
+  summary, table = _summary(run, state_host, eval_metrics,
+                            time.time() - start_time)
+  writer.write_scalars(run.total_steps, {"actual_sparsity":
+                                         summary["sparsity"]})
+  writer.flush()
+  _write_outputs(workdir, summary, table)
+  logging.info("Done: %s", json.dumps(summary))
+  return summary
+
+
+def _check_finite_and_log(writer, train_metrics, step, state, config,
+                          write=True):
+  """Stops on a non-finite step; writes averaged train metrics."""
+  if not train_metrics:
+    return
+  host = jax.device_get([jax.tree.map(lambda x: x[0], m)
+                         for m in train_metrics])
+  first_step = step - len(host)  # 0-based index of host[0]'s step.
+  for i, m in enumerate(host):
+    if m["finite"] < 1:
+      raise NonFiniteError(
+          f"non-finite loss or gradients at step {first_step + i} "
+          f"(loss {m['loss']}); stopping without saving a checkpoint")
+  if not write:
+    return
+  summary = {f"train_{k}": float(np.mean([m[k] for m in host]))
+             for k in ("loss", "accuracy")}
+  last = host[-1]
+  for k in ("learning_rate", "mask_learning_rate", "scheduled_sparsity"):
+    summary[k] = float(last[k])
+  if config.method != "dense":
+    masks = jax.device_get(jax.tree.map(
+        lambda x: x[0], optg.get_masks(state.opt_state)))
+    summary["actual_sparsity"] = optg.sparsity_report(masks)["sparsity"]
+  writer.write_scalars(step, summary)
