@@ -1,0 +1,181 @@
+"""End-to-end tests of the training harness (optg_jax/train.py, launch/)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+import optg_jax as optg
+from optg_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  """The quick start, shortened: 2 epochs of digits on 4 devices."""
+  config = quickstart.get_config()
+  config.num_epochs = 2
+  config.warmup_epochs = 0
+  config.eval_every_epochs = 1
+  config.checkpoint_every_steps = 10
+  config.log_every_steps = 5
+  config.update_every_steps = 5
+  config.sparsity = 0.8
+  config.beta = 4.0
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def load_state(workdir, config):
+  """The latest checkpoint of a workdir, as a host TrainState."""
+  run = train._Run(config)  # pylint: disable=protected-access
+  manager = train.checkpoint_manager(workdir, config)
+  return train.restore_latest(manager, run.initial_state())
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config()
+  summary = train.train_and_evaluate(config, workdir)
+  return config, workdir, summary
+
+
+@pytest.mark.slow
+def test_short_run_writes_summary_and_table(finished_run):
+  config, workdir, summary = finished_run
+  with open(os.path.join(workdir, "summary.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk == summary
+  steps_per_epoch = 1437 // 64
+  assert summary["steps"] == 2 * steps_per_epoch
+  assert summary["process_count"] == 1 and summary["device_count"] == 4
+  assert summary["target_sparsity"] == 0.8
+  for key in ("eval_accuracy", "eval_loss", "sparsity", "dense_macs",
+              "sparse_macs"):
+    assert key in summary
+  # The last refresh (step 40 of 44) kept exactly N - round(s * N) weights.
+  s = float(np.float32(
+      optg.sigmoid_sparsity_schedule(0.8, 2, steps_per_epoch, 4.0)(40)))
+  n = summary["prunable_params"]
+  assert summary["kept_params"] == n - round(s * n) or abs(
+      summary["sparsity"] - s) < 1 / n
+  assert summary["sparse_macs"] < summary["dense_macs"]
+  assert summary["eval_examples"] == 360
+  assert 0.0 <= summary["eval_accuracy"] <= 1.0
+  table = open(os.path.join(workdir, "sparsity.txt")).read()
+  assert "all prunable" in table and "Conv_0/kernel" in table
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(
+      summary["steps"])))
+
+
+@pytest.mark.slow
+def test_resume_continues_identically(finished_run, tmp_path):
+  config, workdir, summary = finished_run
+  # Stop after 30 steps (a checkpoint at 30), then run the same command again.
+  interrupted = str(tmp_path / "interrupted")
+  first = tiny_config(num_train_steps=30)
+  train.train_and_evaluate(first, interrupted)
+  assert int(load_state(interrupted, first).step) == 30
+  resumed = train.train_and_evaluate(tiny_config(), interrupted)
+  assert resumed["steps"] == summary["steps"]
+  full_state = load_state(workdir, config)
+  resumed_state = load_state(interrupted, config)
+  assert_trees_equal(full_state.params, resumed_state.params)
+  assert_trees_equal(optg.get_masks(full_state.opt_state),
+                     optg.get_masks(resumed_state.opt_state))
+  assert_trees_equal(optg.get_optg_state(full_state.opt_state).scores,
+                     optg.get_optg_state(resumed_state.opt_state).scores)
+  assert resumed["eval_accuracy"] == summary["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_eval_only_reproduces_final_evaluation(finished_run):
+  config, workdir, summary = finished_run
+  eval_config = tiny_config(eval_only=True)
+  again = train.train_and_evaluate(eval_config, workdir)
+  assert again["eval_accuracy"] == summary["eval_accuracy"]
+  assert again["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)
+  assert again["sparsity"] == summary["sparsity"]
+
+
+def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "empty"
+  with pytest.raises(train.ConfigError, match="no checkpoint"):
+    train.train_and_evaluate(tiny_config(eval_only=True), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("sparsity", 1.0, "sparsity"),
+    ("sparsity", -0.5, "sparsity"),
+    ("batch_size", 30, "divisible by the global device count 4"),
+    ("batch_size", 0, "batch_size"),
+    ("model", "resnet9000", "unknown model"),
+    ("method", "snip", "unknown method"),
+    ("dataset", "mnist", "unknown dataset"),
+    ("num_epochs", 0, "num_epochs"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, field, value,
+                                                   match):
+  workdir = tmp_path / "w"
+  config = tiny_config()
+  config[field] = value
+  with pytest.raises(train.ConfigError, match=match) as info:
+    train.train_and_evaluate(config, str(workdir))
+  assert "\n" not in str(info.value)
+  assert not workdir.exists()
+
+
+def run_launch(args, env_extra=None, timeout=600):
+  env = dict(os.environ)
+  env.update(env_extra or {})
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train.py")] + args,
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.sparsity=1.5", "sparsity must be a number in [0, 1)"),
+    ("--config.dataset=cifar10", "tfds build cifar10"),
+])
+def test_launch_bad_input_exits_nonzero_with_one_line(tmp_path, override,
+                                                      message):
+  workdir = tmp_path / "w"
+  result = run_launch(["--config=configs/quickstart.py",
+                       f"--workdir={workdir}", override,
+                       f"--config.data_dir={tmp_path / 'no_data'}"])
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_quickstart_as_in_readme(tmp_path):
+  """The README's quick start: >= 90% accuracy at sparsity 0.9 +- 1e-3."""
+  workdir = tmp_path / "quickstart"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run(
+      [sys.executable, "launch/train.py", "--config=configs/quickstart.py",
+       f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.load(open(workdir / "summary.json"))
+  assert summary["target_sparsity"] >= 0.9
+  assert abs(summary["sparsity"] - summary["target_sparsity"]) < 1e-3
+  assert summary["eval_accuracy"] >= 0.90
+  assert summary["process_count"] == 1
