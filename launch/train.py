@@ -65,9 +65,12 @@ def main(argv):
   except (train.ConfigError, data.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except train.NonFiniteError as e:
+  except (train.NonFiniteError, train.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ baselines run through the same code.
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -24,6 +26,7 @@ from flax import jax_utils
 from flax.training import dynamic_scale as dynamic_scale_lib
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -45,6 +48,19 @@ class ConfigError(ValueError):
 
 class NonFiniteError(RuntimeError):
   """The loss or the gradients stopped being finite."""
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of the workdir can be read."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived: a checkpoint of the current step was saved."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted: saved a checkpoint at step {step}; run the "
+                     "same command to continue")
+    self.step = step
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -317,15 +333,64 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
           enable_async_checkpointing=False))
 
 
-def restore_latest(manager: ocp.CheckpointManager,
-                   state: TrainState) -> TrainState:
-  """The latest checkpoint restored into `state`'s structure, if any."""
-  step = manager.latest_step()
-  if step is None:
-    return state
-  logging.info("Restoring checkpoint of step %d from %s", step,
-               manager.directory)
-  return manager.restore(step, args=ocp.args.StandardRestore(state))
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
+                   workdir: Optional[str] = None) -> TrainState:
+  """The newest readable checkpoint restored into `state`'s structure.
+
+  Orbax writes a checkpoint into a temporary directory and renames it when
+  complete, so a checkpoint half-written when the process died is never
+  listed. A listed checkpoint that cannot be read (or holds non-finite
+  weights) is moved to `WORKDIR/corrupted_checkpoints/` with a warning and
+  the previous one is tried.
+
+  Args:
+    manager: the run's checkpoint manager.
+    state: a state with the run's structure (the freshly initialised one).
+    workdir: the run's workdir, where unreadable checkpoints are moved; if
+      None they stay in place.
+
+  Returns:
+    The restored state, or `state` itself when there is no checkpoint.
+
+  Raises:
+    CheckpointError: if there are checkpoints but none can be read.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(state))
+      if not bool(_tree_all_finite(restored.params)):
+        raise ValueError("non-finite weights")
+      if int(restored.step) != step:
+        raise ValueError(f"it holds step {int(restored.step)}")
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+      errors.append(f"step {step}: {reason}")
+      logging.warning("Checkpoint of step %d in %s cannot be read (%s); "
+                      "trying the previous one", step, manager.directory,
+                      reason)
+      if workdir is not None and jax.process_index() == 0:
+        _set_aside(manager, step, workdir)
+      continue
+    logging.info("Restored the checkpoint of step %d from %s", step,
+                 manager.directory)
+    return restored
+  if steps:
+    raise CheckpointError(f"no readable checkpoint in {manager.directory} "
+                          f"({'; '.join(errors)})")
+  return state
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, workdir: str):
+  """Moves an unreadable checkpoint out of the manager's directory."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(workdir, "corrupted_checkpoints")
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+  if os.path.isdir(source):
+    os.replace(source, target)
+    manager.reload()
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
@@ -481,7 +546,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   state = run.initial_state()
   manager = checkpoint_manager(workdir, config)
-  state = restore_latest(manager, state)
+  state = restore_latest(manager, state, workdir)
   start_step = int(state.step)
   p_train, p_eval = run.pmapped_steps()
   state = jax_utils.replicate(state)
@@ -517,28 +582,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   train_metrics = []
   last_saved = start_step
-  step = start_step
-  for step in range(start_step, run.total_steps):
-    batch = next(train_iter)
-    state, metrics = p_train(state, batch)
-    train_metrics.append(metrics)
-    done = step + 1
-    for hook in hooks:
-      hook(done)
-    end_of_epoch = done % run.steps_per_epoch == 0
-    if done % config.log_every_steps == 0 or done == run.total_steps:
-      _check_finite_and_log(writer, train_metrics, done, state, config)
-      train_metrics = []
-    if (config.eval_every_epochs and end_of_epoch and
-        (done // run.steps_per_epoch) % config.eval_every_epochs == 0 and
-        done < run.total_steps):
-      eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
-      writer.write_scalars(done, eval_metrics)
-    if done % config.checkpoint_every_steps == 0 and done < run.total_steps:
-      _check_finite_and_log(writer, train_metrics, done, state, config,
-                            write=False)
-      save_checkpoint(manager, state)
-      last_saved = done
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step, run.total_steps):
+      batch = next(train_iter)
+      state, metrics = p_train(state, batch)
+      train_metrics.append(metrics)
+      done = step + 1
+      for hook in hooks:
+        hook(done)
+      at_log = done % config.log_every_steps == 0 or done == run.total_steps
+      if at_log:
+        _check_finite_and_log(writer, train_metrics, done, state, config)
+        train_metrics = []
+      if sigterm.agreed(at_log):
+        _check_finite_and_log(writer, train_metrics, done, state, config,
+                              write=False)
+        if last_saved != done:
+          save_checkpoint(manager, state)
+        writer.flush()
+        raise Preempted(done)
+      last_saved = _periodic_work(run, state, p_eval, writer, manager, done,
+                                  last_saved, train_metrics)
 
   if train_metrics:
     _check_finite_and_log(writer, train_metrics, run.total_steps, state,
@@ -556,6 +620,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _write_outputs(workdir, summary, table)
   logging.info("Done: %s", json.dumps(summary))
   return summary
+
+
+def _periodic_work(run, state, p_eval, writer, manager, done, last_saved,
+                   train_metrics) -> int:
+  """Evaluation and checkpoints inside the loop; returns the last saved step."""
+  config = run.config
+  if done >= run.total_steps:
+    return last_saved  # The end of the run evaluates and saves.
+  epoch, within = divmod(done, run.steps_per_epoch)
+  if config.eval_every_epochs and within == 0 and (
+      epoch % config.eval_every_epochs == 0):
+    writer.write_scalars(done, evaluate(p_eval, state, config,
+                                        run.local_device_count))
+  if done % config.checkpoint_every_steps == 0:
+    _check_finite_and_log(writer, train_metrics, done, state, config,
+                          write=False)
+    save_checkpoint(manager, state)
+    return done
+  return last_saved
+
+
+class _SigtermFlag:
+  """Notes SIGTERM; all processes agree on when to stop.
+
+  One process reads its own flag after every step. Several processes must
+  stop at the same step, so they compare flags (a small all-gather) at each
+  logging step only, which keeps the hosts from syncing every step.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.received = True
+
+  def agreed(self, at_sync_point: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.received
+    if not at_sync_point:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.received))
+    return bool(np.any(flags))
 
 
 def _check_finite_and_log(writer, train_metrics, step, state, config,
