@@ -11,6 +11,7 @@ baselines run through the same code.
 """
 
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -39,7 +40,6 @@ from optg_jax import flops
 from optg_jax import models
 
 METHODS = ("optg", "magnitude", "dense")
-DATASETS = ("imagenet2012", "cifar10", "digits", "fake")
 
 
 class ConfigError(ValueError):
@@ -89,9 +89,9 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.method not in METHODS:
     fail(f"unknown method {config.method!r}; valid methods: "
          f"{', '.join(METHODS)}")
-  if config.dataset not in DATASETS:
+  if config.dataset not in data.DATASETS:
     fail(f"unknown dataset {config.dataset!r}; valid datasets: "
-         f"{', '.join(DATASETS)}")
+         f"{', '.join(data.DATASETS)}")
   sparsity = config.sparsity
   if (not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or
       not 0.0 <= sparsity < 1.0):
@@ -340,8 +340,10 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
   Orbax writes a checkpoint into a temporary directory and renames it when
   complete, so a checkpoint half-written when the process died is never
   listed. A listed checkpoint that cannot be read (or holds non-finite
-  weights) is moved to `WORKDIR/corrupted_checkpoints/` with a warning and
-  the previous one is tried.
+  weights) is skipped with a warning and the previous one is tried; once
+  one is restored, the unreadable newer ones are moved to
+  `WORKDIR/corrupted_checkpoints/`. When none can be read they stay where
+  they are and CheckpointError is raised.
 
   Args:
     manager: the run's checkpoint manager.
@@ -356,7 +358,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
     CheckpointError: if there are checkpoints but none can be read.
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  errors = []
+  errors, unreadable = [], []
   for step in steps:
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(state))
@@ -370,13 +372,21 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
       logging.warning("Checkpoint of step %d in %s cannot be read (%s); "
                       "trying the previous one", step, manager.directory,
                       reason)
-      if workdir is not None and jax.process_index() == 0:
-        _set_aside(manager, step, workdir)
+      unreadable.append(step)
       continue
     logging.info("Restored the checkpoint of step %d from %s", step,
                  manager.directory)
+    if unreadable and workdir is not None:
+      # Out of the way of the steps the run will save again.
+      if jax.process_index() == 0:
+        for bad in unreadable:
+          _set_aside(manager, bad, workdir)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("optg_set_aside_checkpoints")
+      manager.reload()
     return restored
   if steps:
+    # Left in place: a later run must not silently start from scratch.
     raise CheckpointError(f"no readable checkpoint in {manager.directory} "
                           f"({'; '.join(errors)})")
   return state
@@ -390,7 +400,8 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, workdir: str):
   target = os.path.join(target_dir, f"{step}-{int(time.time())}")
   if os.path.isdir(source):
     os.replace(source, target)
-    manager.reload()
+    logging.warning("Moved the unreadable checkpoint %s to %s", source,
+                    target)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
@@ -406,8 +417,7 @@ def evaluate(p_eval_step, state, config, local_device_count: int):
   for batch in data.eval_iterator(config, process_index=jax.process_index(),
                                   process_count=jax.process_count(),
                                   local_device_count=local_device_count):
-    sums = p_eval_step(state, jax_utils.prefetch_to_device(iter([batch]), 1)
-                       .__next__())
+    sums = p_eval_step(state, batch)
     sums = jax.tree.map(lambda x: float(x[0]), sums)
     totals = sums if totals is None else jax.tree.map(
         lambda a, b: a + b, totals, sums)
@@ -492,6 +502,30 @@ class _Run:
         functools.partial(eval_step, model=self.model, config=self.config),
         axis_name="batch")
     return p_train, p_eval
+
+
+def replica_fingerprints(state: TrainState) -> list:
+  """SHA-256 of every replica's weights, batch statistics and masks.
+
+  One hex digest per device of the job, in process order: the replicas of a
+  healthy run are bitwise identical, so all digests are equal. Every process
+  must call this (an all-gather across processes).
+  """
+  local = jax.device_get((state.params, state.batch_stats,
+                          state.opt_state))
+  digests = []
+  for i in range(jax.local_device_count()):
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.tree.map(lambda x: x[i], local)):
+      leaf = np.ascontiguousarray(leaf)
+      h.update(str((leaf.dtype, leaf.shape)).encode())
+      h.update(leaf.tobytes())
+    digests.append(np.frombuffer(h.digest(), np.uint32))
+  digests = np.stack(digests)
+  if jax.process_count() > 1:
+    digests = np.asarray(multihost_utils.process_allgather(digests))
+  digests = digests.reshape(-1, 8)
+  return [d.astype(">u4").tobytes().hex() for d in digests]
 
 
 def _summary(run: _Run, state_host: TrainState, eval_metrics, wall_time):
@@ -611,9 +645,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     save_checkpoint(manager, state)
   eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
   writer.write_scalars(run.total_steps, eval_metrics)
+  fingerprints = replica_fingerprints(state)
+  if len(set(fingerprints)) > 1:
+    logging.error("The replicas of the model differ at the end of the run: "
+                  "%s", fingerprints)
   state_host = jax.device_get(jax_utils.unreplicate(state))
   summary, table = _summary(run, state_host, eval_metrics,
                             time.time() - start_time)
+  summary["replicas_identical"] = len(set(fingerprints)) == 1
+  summary["replica_fingerprints"] = fingerprints
   writer.write_scalars(run.total_steps, {"actual_sparsity":
                                          summary["sparsity"]})
   writer.flush()

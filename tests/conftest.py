@@ -2,6 +2,19 @@
 
 import os
 
+import pytest
+
 # Must happen before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+  """An uninterrupted tiny run (tests/runs.py) through launch/train.py, on
+  one process with 4 devices: `(workdir, summary)`."""
+  import runs  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("reference")
+  result = runs.launch(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, runs.read_summary(workdir)

@@ -1,5 +1,6 @@
 """End-to-end tests of the training harness (optg_jax/train.py, launch/)."""
 
+import fractions
 import json
 import os
 import subprocess
@@ -9,27 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
 import optg_jax as optg
+from optg_jax import data
 from optg_jax import train
+import runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  """The quick start, shortened: 2 epochs of digits on 4 devices."""
-  config = quickstart.get_config()
-  config.num_epochs = 2
-  config.warmup_epochs = 0
-  config.eval_every_epochs = 1
-  config.checkpoint_every_steps = 10
-  config.log_every_steps = 5
-  config.update_every_steps = 5
-  config.sparsity = 0.8
-  config.beta = 4.0
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+ROOT = runs.ROOT
+tiny_config = runs.tiny_config
+assert_trees_equal = runs.assert_trees_equal
 
 
 def load_state(workdir, config):
@@ -37,13 +25,6 @@ def load_state(workdir, config):
   run = train._Run(config)  # pylint: disable=protected-access
   manager = train.checkpoint_manager(workdir, config)
   return train.restore_latest(manager, run.initial_state())
-
-
-def assert_trees_equal(a, b):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +41,23 @@ def test_short_run_writes_summary_and_table(finished_run):
   with open(os.path.join(workdir, "summary.json")) as f:
     on_disk = json.load(f)
   assert on_disk == summary
-  steps_per_epoch = 1437 // 64
+  steps_per_epoch = data.steps_per_epoch(config)
+  assert steps_per_epoch == 1500 // 64
   assert summary["steps"] == 2 * steps_per_epoch
   assert summary["process_count"] == 1 and summary["device_count"] == 4
   assert summary["target_sparsity"] == 0.8
   for key in ("eval_accuracy", "eval_loss", "sparsity", "dense_macs",
               "sparse_macs"):
     assert key in summary
-  # The last refresh (step 40 of 44) kept exactly N - round(s * N) weights.
-  s = float(np.float32(
-      optg.sigmoid_sparsity_schedule(0.8, 2, steps_per_epoch, 4.0)(40)))
+  # The last refresh (t + 1 = 45 of 46 steps) kept exactly
+  # N - round(s * N) weights, s the float32 scheduled sparsity.
+  s = np.float32(optg.sigmoid_sparsity_schedule(0.8, 2, steps_per_epoch,
+                                                4.0)(45))
   n = summary["prunable_params"]
-  assert summary["kept_params"] == n - round(s * n) or abs(
-      summary["sparsity"] - s) < 1 / n
+  assert summary["kept_params"] == n - round(fractions.Fraction(float(s)) * n)
+  assert summary["sparsity"] == pytest.approx(1 - summary["kept_params"] / n)
   assert summary["sparse_macs"] < summary["dense_macs"]
-  assert summary["eval_examples"] == 360
+  assert summary["eval_examples"] == 297
   assert 0.0 <= summary["eval_accuracy"] <= 1.0
   table = open(os.path.join(workdir, "sparsity.txt")).read()
   assert "all prunable" in table and "Conv_0/kernel" in table
@@ -179,3 +162,12 @@ def test_quickstart_as_in_readme(tmp_path):
   assert abs(summary["sparsity"] - summary["target_sparsity"]) < 1e-3
   assert summary["eval_accuracy"] >= 0.90
   assert summary["process_count"] == 1
+
+
+@pytest.mark.slow
+def test_library_call_and_launch_agree_bitwise(finished_run, reference):
+  """train_and_evaluate in this process and launch/train.py in another."""
+  _, _, summary = finished_run
+  _, launched = reference
+  for key in runs.EXACT_FIGURES:
+    assert summary[key] == launched[key], key
