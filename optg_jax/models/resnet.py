@@ -1,0 +1,119 @@
+"""ResNets: ResNet v1.5 for ImageNet and the CIFAR ResNets of He et al."""
+
+import functools
+from typing import Any, Callable, Sequence, Tuple
+
+from flax import linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs; a 1x1 projection shortcut when the shape changes."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: Tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides,
+                           name="conv_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual)
+    return self.act(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1, 3x3 (strided: v1.5), 1x1 with 4x expansion; projection shortcut."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: Tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (1, 1))(x)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters, (3, 3), self.strides)(y)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), self.strides,
+                           name="conv_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual)
+    return self.act(residual + y)
+
+
+class ResNet(nn.Module):
+  """A ResNet: a stem, stages of residual blocks, pooling and a classifier.
+
+  Attributes:
+    stage_sizes: blocks per stage; stage `i` has `widths[i]` filters and
+      halves the resolution, except the first.
+    block_cls: `BasicBlock` or `BottleneckBlock`.
+    num_classes: the classifier's outputs.
+    widths: filters of each stage (before a bottleneck's 4x expansion).
+    stem: "imagenet" (7x7/2 conv and 3x3/2 max pool) or "cifar" (3x3 conv).
+    dtype: the compute dtype; parameters are float32.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int
+  widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = "imagenet"
+  dtype: Any = jnp.float32
+  act: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    x = jnp.asarray(x, self.dtype)
+    if self.stem == "imagenet":
+      x = conv(self.widths[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+               name="conv_init")(x)
+      x = self.act(norm(name="bn_init")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
+    elif self.stem == "cifar":
+      x = conv(self.widths[0], (3, 3), name="conv_init")(x)
+      x = self.act(norm(name="bn_init")(x))
+    else:
+      raise ValueError(f"unknown stem {self.stem!r}: 'imagenet' or 'cifar'")
+    for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(blocks):
+        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
+        x = self.block_cls(width, conv=conv, norm=norm, act=self.act,
+                           strides=strides,
+                           name=f"stage{i + 1}_block{j + 1}")(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                             block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block_cls=BottleneckBlock)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
+                              block_cls=BottleneckBlock)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3),
+                              block_cls=BottleneckBlock)
+
+_CIFAR = dict(block_cls=BasicBlock, widths=(16, 32, 64), stem="cifar")
+ResNet20Cifar = functools.partial(ResNet, stage_sizes=(3, 3, 3), **_CIFAR)
+ResNet32Cifar = functools.partial(ResNet, stage_sizes=(5, 5, 5), **_CIFAR)
+ResNet56Cifar = functools.partial(ResNet, stage_sizes=(9, 9, 9), **_CIFAR)
