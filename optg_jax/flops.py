@@ -17,9 +17,12 @@ A conv kernel has shape `(kh, kw, in_channels / groups, out_channels)`, so
 grouped and depthwise convs come out right with no special case. Only conv
 and dense layers are counted (no BatchNorm, pooling, activations or biases),
 as sparse-training papers report FLOPs. Figures are per example whatever the
-batch in `input_shape`.
+batch in `input_shape`. Layers that hold a kernel but whose cost this rule
+does not give (`nn.ConvTranspose`, `nn.ConvLocal`, `nn.DenseGeneral`,
+`nn.Einsum`) raise `NotImplementedError` rather than go uncounted.
 """
 
+import inspect
 import math
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -33,9 +36,10 @@ class LayerMacs(NamedTuple):
   """The cost of one conv or dense layer, per example.
 
   Attributes:
-    path: the '/'-joined path of the layer's kernel in the params, e.g.
-      `"stage1_block1/Conv_0/kernel"` (the key of the leaf in
-      `optg.sparsity_report`).
+    path: the '/'-joined path of the layer's kernel within
+      `variables["params"]` (no "params/" prefix), e.g.
+      `"stage1_block1/Conv_0/kernel"`: what `optg.path_to_str` gives for the
+      mask's key path, and the layer's key in `optg.sparsity_report`.
     kind: "conv" or "dense".
     kernel_shape: the kernel's shape.
     output_size: output positions per example: height x width for a 2-D
@@ -69,6 +73,17 @@ def _lookup(tree, keys: Sequence[str]):
   return tree
 
 
+# Layers with a kernel whose cost is not (kernel entries x output positions).
+_UNCOUNTED = (nn.ConvTranspose, nn.ConvLocal, nn.DenseGeneral, nn.Einsum)
+
+
+def _takes_train(model: nn.Module) -> bool:
+  """Whether the model's `__call__` has a `train` argument (or **kwargs)."""
+  parameters = inspect.signature(model.__call__).parameters
+  return "train" in parameters or any(
+      p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def count_macs(model: nn.Module, variables: Any,
                input_shape: Sequence[int],
                masks: Optional[Any] = None) -> MacCount:
@@ -82,40 +97,48 @@ def count_macs(model: nn.Module, variables: Any,
       `jax.ShapeDtypeStruct`s.
     input_shape: the input's shape, batch first, e.g. `(1, 224, 224, 3)`.
     masks: None (every weight kept) or a pytree with the structure of
-      `variables["params"]`: bool arrays on pruned leaves, None elsewhere.
+      `variables["params"]`: bool arrays on pruned leaves, None elsewhere
+      (as from `optg.get_masks`). A kernel with no mask is fully kept.
 
   Returns:
     A `MacCount`. Without masks `sparse == dense`.
 
   Raises:
     ValueError: if a mask's shape differs from its kernel's.
+    NotImplementedError: if the model calls an `nn.ConvTranspose`,
+      `nn.ConvLocal`, `nn.DenseGeneral` or `nn.Einsum` layer.
   """
   records = []
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and isinstance(
-        module, (nn.Conv, nn.Dense)):
-      kind = "dense" if isinstance(module, nn.Dense) else "conv"
-      kernel = module.variables["params"]["kernel"]
-      # Output positions per example: the dimensions between the batch and
-      # the features (1 for a dense layer on [batch, features]).
-      positions = math.prod(out.shape[1:-1])
-      records.append((tuple(module.path), kind, tuple(kernel.shape),
+    if context.method_name != "__call__":
+      return out
+    if isinstance(module, _UNCOUNTED):
+      raise NotImplementedError(
+          f"count_macs does not count {type(module).__name__} layers "
+          f"({'/'.join(module.path)})")
+    if isinstance(module, (nn.Conv, nn.Dense)):
+      kernel_shape = tuple(module.variables["params"]["kernel"].shape)
+      if isinstance(module, nn.Conv):
+        # The spatial dimensions of the output sit just before the features.
+        spatial = len(kernel_shape) - 2
+        kind, positions = "conv", math.prod(out.shape[-1 - spatial:-1])
+      else:
+        # Any dimensions between the batch and the features (none for the
+        # usual [batch, features]) are positions too.
+        kind, positions = "dense", math.prod(out.shape[1:-1])
+      records.append((tuple(module.path), kind, kernel_shape,
                       int(positions)))
     return out
 
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  call_kwargs = {"train": False} if _takes_train(model) else {}
 
   def forward(variables, x):
     with nn.intercept_methods(interceptor):
-      try:
-        return model.apply(variables, x, train=False)
-      except TypeError as e:
-        if "train" not in str(e):
-          raise
-        return model.apply(variables, x)
+      return model.apply(variables, x, **call_kwargs)
 
   jax.eval_shape(forward, variables, x)
 

@@ -84,7 +84,8 @@ def test_uniform_90_percent_masks_cost_10_percent(name):
 
 
 class Convs(nn.Module):
-  """A depthwise conv, a grouped conv and a dense layer."""
+  """A depthwise conv, a grouped conv, a VALID conv and a dense layer; no
+  `train` argument."""
 
   @nn.compact
   def __call__(self, x):
@@ -95,50 +96,92 @@ class Convs(nn.Module):
     return nn.Dense(5, name="dense")(x.reshape(x.shape[0], -1))
 
 
-def test_depthwise_grouped_and_valid_convs_by_hand():
+def convs_macs(masks=None, batch=2):
   model = Convs()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 8)))
-  macs = flops.count_macs(model, variables, (2, 16, 16, 8))
-  layers = {layer.path: layer for layer in macs.per_layer}
-  # Depthwise 3x3 over 8 channels, stride 2: 8x8 outputs, 9 MACs each.
-  assert layers["depthwise/kernel"].kernel_shape == (3, 3, 1, 8)
-  assert layers["depthwise/kernel"].dense == 8 * 8 * 8 * 9
-  # 1x1, 2 groups of 4 -> 6 channels: 4 MACs per output value.
-  assert layers["grouped/kernel"].dense == 8 * 8 * 12 * 4
-  # 3x3 VALID on 8x8x12 -> 6x6x4.
-  assert layers["valid/kernel"].dense == 6 * 6 * 4 * 9 * 12
-  assert layers["dense/kernel"].dense == 6 * 6 * 4 * 5
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 8))))
+  macs = flops.count_macs(model, variables, (batch, 16, 16, 8), masks)
+  return macs, {layer.path: layer for layer in macs.per_layer}, variables
+
+
+def test_depthwise_conv_by_hand():
+  macs, layers, _ = convs_macs()
+  depthwise = layers["depthwise/kernel"]
+  # 3x3 over each of 8 channels alone, stride 2: 8x8 outputs of 8 channels,
+  # 9 MACs per output value.
+  assert depthwise.kernel_shape == (3, 3, 1, 8)
+  assert (depthwise.kind, depthwise.output_size) == ("conv", 8 * 8)
+  assert depthwise.dense == 8 * 8 * 8 * 9
   assert macs.dense == sum(l.dense for l in layers.values())
-  # Masks from optg count only the kept entries.
+
+
+def test_grouped_conv_by_hand():
+  _, layers, _ = convs_macs()
+  grouped = layers["grouped/kernel"]
+  # 1x1 from 8 to 12 channels in 2 groups: each output value sees the 4
+  # input channels of its group.
+  assert grouped.kernel_shape == (1, 1, 4, 12)
+  assert grouped.dense == 8 * 8 * 12 * 4
+
+
+def test_valid_conv_and_dense_by_hand_per_example():
+  macs, layers, _ = convs_macs(batch=3)
+  # 3x3 VALID on 8x8x12 -> 6x6x4; the dense layer maps 144 -> 5.
+  assert layers["valid/kernel"].output_size == 6 * 6
+  assert layers["valid/kernel"].dense == 6 * 6 * 4 * 9 * 12
+  assert layers["dense/kernel"].output_size == 1
+  assert layers["dense/kernel"].dense == 6 * 6 * 4 * 5
+  assert macs == convs_macs(batch=1)[0]  # whatever the batch
+
+
+def test_sparse_macs_count_the_kept_entries():
+  _, _, variables = convs_macs()
   masks = jax.tree.map(lambda p: None, variables["params"])
   masks["depthwise"]["kernel"] = np.zeros((3, 3, 1, 8), bool)
-  masks["depthwise"]["kernel"][1, 1] = True
-  sparse = flops.count_macs(model, variables, (1, 16, 16, 8), masks)
-  assert sparse.sparse == macs.dense - 8 * 8 * 8 * 8
+  masks["depthwise"]["kernel"][1, 1] = True  # the centre tap of each channel
+  masks["grouped"]["kernel"] = np.ones((1, 1, 4, 12), bool)
+  masks["grouped"]["kernel"][0, 0, 0] = False  # 12 of 48 entries pruned
+  macs, layers, _ = convs_macs(masks)
+  assert layers["depthwise/kernel"].sparse == 8 * 8 * 8
+  assert layers["grouped/kernel"].sparse == 8 * 8 * 36
+  assert layers["valid/kernel"].sparse == layers["valid/kernel"].dense
+  assert macs.sparse == macs.dense - 8 * 8 * 8 * 8 - 8 * 8 * 12
+  assert macs.sparse == sum(l.sparse for l in layers.values())
 
 
-def test_masks_from_the_transform():
+def test_paths_are_those_of_the_sparsity_report():
   model = models.create("resnet20_cifar", 10)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                         train=False)
-  params = variables["params"]
-  scores = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1),
-                                                    p.shape) if p.ndim >= 2
-                        else None, params)
-  masks = optg.topk_masks(scores, 0.75)
+  variables = abstract_variables(model, (32, 32, 3))
+  masks = uniform_masks(variables["params"], 0.25)
   macs = flops.count_macs(model, variables, (1, 32, 32, 3), masks)
+  report = optg.sparsity_report(masks)
   kept = {layer.path: layer.sparse // layer.output_size
           for layer in macs.per_layer}
-  report = optg.sparsity_report(masks)
+  # Every masked leaf is a conv or dense kernel, and the other way round.
+  assert set(kept) == set(report["layers"])
   for path, kept_entries in kept.items():
     assert report["layers"][path]["kept"] == kept_entries
   assert macs.sparse < macs.dense
 
 
 def test_mask_of_the_wrong_shape_is_an_error():
-  model = Convs()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 8)))
+  _, _, variables = convs_macs()
   masks = jax.tree.map(lambda p: None, variables["params"])
   masks["dense"]["kernel"] = np.ones((3, 3), bool)
   with pytest.raises(ValueError, match="dense/kernel"):
-    flops.count_macs(model, variables, (1, 16, 16, 8), masks)
+    convs_macs(masks)
+
+
+class Upsampler(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.ConvTranspose(4, (2, 2), strides=(2, 2))(x)
+
+
+def test_layers_it_cannot_count_are_an_error():
+  model = Upsampler()
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3))))
+  with pytest.raises(NotImplementedError, match="ConvTranspose"):
+    flops.count_macs(model, variables, (1, 4, 4, 3))

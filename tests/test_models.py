@@ -167,3 +167,23 @@ def test_unknown_name_lists_the_valid_ones():
     models.create("resnet9", 10)
   assert models.names() == sorted(models.names())
   assert len(models.names()) == 11
+
+
+def test_default_input_shapes():
+  assert models.default_input_shape("resnet50") == (224, 224, 3)
+  assert models.default_input_shape("mobilenet_v2") == (224, 224, 3)
+  assert models.default_input_shape("resnet20_cifar") == (32, 32, 3)
+  assert models.default_input_shape("vgg19_cifar") == (32, 32, 3)
+  with pytest.raises(ValueError, match="valid models"):
+    models.default_input_shape("lenet")
+
+
+def test_training_needs_no_dropout_rng_by_default():
+  model = models.create("mobilenet_v2", 10)
+  variables = abstract_variables(model, (32, 32, 3))
+  logits, updates = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((2, 32, 32, 3)), train=True,
+                            mutable=["batch_stats"]), variables)
+  assert logits.shape == (2, 10)
+  assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
+      variables["batch_stats"])

@@ -1,4 +1,21 @@
-"""ResNets: ResNet v1.5 for ImageNet and the CIFAR ResNets of He et al."""
+"""ResNets: ResNet v1.5 for ImageNet and the CIFAR ResNets of He et al.
+
+ImageNet (`ResNet18` ... `ResNet152`): torchvision's layout and parameter
+counts. A 7x7/2 conv, BatchNorm, ReLU and a 3x3/2 max pool; four stages of
+basic or bottleneck blocks, the bottleneck's stride on its 3x3 conv (v1.5);
+global average pooling and a Dense classifier with bias. Convs have no bias.
+
+CIFAR (`ResNet20Cifar`, `ResNet32Cifar`, `ResNet56Cifar`; He et al. 2016,
+section 4.2): a 3x3 conv with 16 filters, then three stages of n = 3, 5, 9
+basic blocks with 16, 32 and 64 filters. Where a block changes the shape,
+its shortcut is a 1x1 strided projection conv with BatchNorm (option B of
+the paper), not the parameter-free zero padding (option A): 2,752 more
+parameters, e.g. 855,770 for ResNet-56 with 10 classes. No pooling after
+the stem, so inputs as small as 8x8 work.
+
+In every residual block the last BatchNorm's scale starts at zero, so each
+block starts as the identity.
+"""
 
 import functools
 from typing import Any, Callable, Sequence, Tuple

@@ -15,7 +15,10 @@ class VGG(nn.Module):
   """3x3 conv + BatchNorm + ReLU stacks with max pooling, then one Dense.
 
   The classifier maps the globally averaged last features (512 channels,
-  1x1 at 32x32 input) straight to the classes.
+  1x1 at 32x32 input) straight to the classes. The convs have no bias (the
+  BatchNorm after each makes one redundant): VGG-19 has 20,035,018
+  parameters for 10 classes, 5,504 fewer than codebases that keep the conv
+  biases. Five 2x2 poolings need inputs of at least 32x32.
 
   Attributes:
     num_classes: the classifier's outputs.
