@@ -36,7 +36,7 @@ def build(method, args):
   config.half_precision = args.half_precision
   config.update_every_steps = 10**9  # No refresh inside the timed steps.
   run = train._Run(config)  # pylint: disable=protected-access
-  state = jax_utils.replicate(run.initial_state())
+  state = train.replicate(run.initial_state())
   p_train, _ = run.pmapped_steps()
   return run, state, p_train
 

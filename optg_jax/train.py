@@ -404,6 +404,26 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, workdir: str):
                     target)
 
 
+def replicate(tree):
+  """Copies a host pytree to every local device, stacked on a new axis 0.
+
+  The copies carry the sharding the pmapped steps give their outputs (a
+  "batch" mesh over the local devices), so the state fed back from one step
+  to the next never changes sharding and the step compiles once.
+  """
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(devices), ("batch",)),
+      jax.sharding.PartitionSpec("batch"))
+
+  def one(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape),
+                          sharding)
+
+  return jax.tree.map(one, tree)
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
   host_state = jax.device_get(jax_utils.unreplicate(state))
   manager.save(int(host_state.step), args=ocp.args.StandardSave(host_state),
@@ -583,7 +603,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = restore_latest(manager, state, workdir)
   start_step = int(state.step)
   p_train, p_eval = run.pmapped_steps()
-  state = jax_utils.replicate(state)
+  state = replicate(jax.device_get(state))
 
   if config.eval_only:
     eval_metrics = evaluate(p_eval, state, config, run.local_device_count)

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-import optg_jax as optg
 from optg_jax import data
 from optg_jax import train
 import runs
@@ -54,7 +53,7 @@ def test_sigterm_saves_the_current_step_and_resume_is_bitwise_identical(
   code, _, err = runs.stop(process, signal.SIGTERM)
   assert code == 0, err[-3000:]
   assert "preempted: saved a checkpoint at step" in err, err[-3000:]
-  step = int(err.split("saved a checkpoint at step ")[1].split(":")[0])
+  step = int(err.split("saved a checkpoint at step ")[1].split(";")[0])
   assert 10 <= step < ref_summary["steps"]
   assert runs.checkpoint_steps(workdir)[-1] == step
   assert not (workdir / "summary.json").exists()
@@ -132,8 +131,7 @@ def test_nan_step_leaves_the_state_unchanged():
   config = runs.tiny_config()
   run = train._Run(config)  # pylint: disable=protected-access
   p_train, _ = run.pmapped_steps()
-  from flax import jax_utils  # pylint: disable=g-import-not-at-top
-  state = jax_utils.replicate(run.initial_state())
+  state = train.replicate(run.initial_state())
   batch = next(data.train_iterator(config, local_device_count=4))
   batch = dict(batch, image=batch["image"].copy())
   batch["image"][1, 2, 3, 4, 0] = np.inf
@@ -171,12 +169,20 @@ def test_nan_through_launch_exits_nonzero_with_one_line(tmp_path):
 # Damaged checkpoints.
 
 
-@pytest.fixture
-def stopped_at_20(tmp_path):
-  """A workdir whose run stopped after its checkpoints of steps 10 and 20."""
-  workdir = str(tmp_path / "stopped")
+@pytest.fixture(scope="module")
+def _run_of_20_steps(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("stopped"))
   train.train_and_evaluate(runs.tiny_config(num_train_steps=20), workdir)
   assert runs.checkpoint_steps(workdir) == [10, 20]
+  os.remove(os.path.join(workdir, "summary.json"))
+  return workdir
+
+
+@pytest.fixture
+def stopped_at_20(_run_of_20_steps, tmp_path):
+  """A workdir whose run stopped after its checkpoints of steps 10 and 20."""
+  workdir = str(tmp_path / "stopped")
+  shutil.copytree(_run_of_20_steps, workdir)
   return workdir
 
 

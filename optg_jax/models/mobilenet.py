@@ -1,7 +1,7 @@
 """MobileNet-V1 (Howard et al. 2017) and MobileNet-V2 (Sandler et al. 2018)."""
 
 import functools
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Tuple
 
 from flax import linen as nn
 import jax
