@@ -14,16 +14,21 @@ median of each, their ratio, and whether the masks are identical.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
 
-import optg_jax as optg
-from optg_jax import models
-from optg_jax import topk
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+import optg_jax as optg  # pylint: disable=g-import-not-at-top
+from optg_jax import models  # pylint: disable=g-import-not-at-top
+from optg_jax import topk  # pylint: disable=g-import-not-at-top
 
 
 def resnet50_kernel_shapes():

@@ -13,16 +13,21 @@ epoch of 5,005 steps (batch 256).
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import jax
-from flax import jax_utils
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
 
-import optg_jax as optg
-from configs import fake_data_benchmark
-from optg_jax import train
+import jax  # pylint: disable=g-import-not-at-top
+from flax import jax_utils  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+import optg_jax as optg  # pylint: disable=g-import-not-at-top
+from configs import fake_data_benchmark  # pylint: disable=g-import-not-at-top
+from optg_jax import train  # pylint: disable=g-import-not-at-top
 
 
 def build(method, args):
