@@ -18,3 +18,16 @@ def reference(tmp_path_factory):
   result = runs.launch(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, runs.read_summary(workdir)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+  """The README's quick start, uninterrupted: `(workdir, summary)`."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import runs  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("quickstart")
+  result = subprocess.run(runs.quickstart_command(workdir), cwd=runs.ROOT,
+                          env=runs.quickstart_env(), capture_output=True,
+                          text=True, timeout=1800)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, runs.read_summary(workdir)

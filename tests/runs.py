@@ -58,6 +58,19 @@ def device_env(devices=4, **extra):
   return env
 
 
+QUICKSTART_ARGS = ("launch/train.py", "--config=configs/quickstart.py")
+
+
+def quickstart_command(workdir):
+  """The README's quick-start command (run from the repository root)."""
+  return [sys.executable, *QUICKSTART_ARGS, f"--workdir={workdir}"]
+
+
+def quickstart_env():
+  """The environment of a user's shell: no simulated devices."""
+  return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
 def launch(workdir, *, devices=4, extra_args=(), timeout=600, **overrides):
   """Runs `launch/train.py` on the tiny config to the end."""
   return subprocess.run(

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -127,20 +128,17 @@ def test_launch_bad_input_exits_nonzero_with_one_line(tmp_path, override,
 
 
 @pytest.mark.slow
-def test_quickstart_as_in_readme(tmp_path):
+def test_quickstart_as_in_readme(quickstart_run):
   """The README's quick start: >= 90% accuracy at sparsity 0.9 +- 1e-3."""
-  workdir = tmp_path / "quickstart"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run(
-      [sys.executable, "launch/train.py", "--config=configs/quickstart.py",
-       f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=1200)
-  assert result.returncode == 0, result.stderr[-3000:]
-  summary = json.load(open(workdir / "summary.json"))
+  workdir, summary = quickstart_run
   assert summary["target_sparsity"] >= 0.9
   assert abs(summary["sparsity"] - summary["target_sparsity"]) < 1e-3
   assert summary["eval_accuracy"] >= 0.90
-  assert summary["process_count"] == 1
+  assert summary["process_count"] == 1 and summary["device_count"] == 1
+  for key in ("eval_loss", "dense_macs", "sparse_macs", "steps"):
+    assert key in summary
+  assert summary["sparse_macs"] < 0.2 * summary["dense_macs"]
+  assert os.path.exists(workdir / "sparsity.txt")
 
 
 @pytest.mark.slow
@@ -150,3 +148,32 @@ def test_library_call_and_launch_agree_bitwise(finished_run, reference):
   _, launched = reference
   for key in runs.EXACT_FIGURES:
     assert summary[key] == launched[key], key
+
+
+@pytest.mark.parametrize("method, half_precision", [
+    ("dense", False), ("magnitude", False), ("optg", True)])
+def test_baselines_and_half_precision_share_the_step(method, half_precision):
+  config = tiny_config(method=method, half_precision=half_precision,
+                       update_every_steps=2)
+  run = train._Run(config)  # pylint: disable=protected-access
+  p_train, _ = run.pmapped_steps()
+  state = train.replicate(run.initial_state())
+  batches = data.train_iterator(config, local_device_count=4)
+  for _ in range(3):
+    state, metrics = p_train(state, next(batches))
+  assert np.all(np.asarray(metrics["finite"]) == 1.0)
+  assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+  for leaf in jax.tree.leaves(state.params):
+    assert leaf.dtype == np.float32
+  if method == "dense":
+    with pytest.raises(ValueError):
+      optg.get_masks(state.opt_state)
+    return
+  # The refresh after step 2 kept exactly N - round(s(2) * N) weights.
+  masks = jax.tree.map(lambda m: np.asarray(m[0]),
+                       optg.get_masks(state.opt_state))
+  report = optg.sparsity_report(masks)
+  s = np.float32(run.schedules.sparsity(2))
+  n = report["total"]
+  assert report["kept"] == n - round(fractions.Fraction(float(s)) * n)
+  assert report["kept"] < n

@@ -26,50 +26,52 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; a 1x1 projection shortcut when the shape changes."""
+class ResidualBlock(nn.Module):
+  """A residual block: `act(shortcut(x) + branch(x))`.
+
+  Subclasses define `branch`; the shortcut is the identity, or a strided 1x1
+  projection conv with BatchNorm where the branch changes the shape.
+  """
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   act: Callable
   strides: Tuple[int, int] = (1, 1)
 
+  def branch(self, x):
+    raise NotImplementedError
+
   @nn.compact
   def __call__(self, x):
+    y = self.branch(x)
     residual = x
-    y = self.conv(self.filters, (3, 3), self.strides)(x)
-    y = self.act(self.norm()(y))
-    y = self.conv(self.filters, (3, 3))(y)
-    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), self.strides,
+      residual = self.conv(y.shape[-1], (1, 1), self.strides,
                            name="conv_proj")(residual)
       residual = self.norm(name="norm_proj")(residual)
     return self.act(residual + y)
 
 
-class BottleneckBlock(nn.Module):
-  """1x1, 3x3 (strided: v1.5), 1x1 with 4x expansion; projection shortcut."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable
-  strides: Tuple[int, int] = (1, 1)
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs; a 1x1 projection shortcut when the shape changes."""
 
-  @nn.compact
-  def __call__(self, x):
-    residual = x
+  def branch(self, x):
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    return self.norm(scale_init=nn.initializers.zeros_init())(y)
+
+
+class BottleneckBlock(ResidualBlock):
+  """1x1, 3x3 (strided: v1.5), 1x1 with 4x expansion; projection shortcut."""
+
+  def branch(self, x):
     y = self.conv(self.filters, (1, 1))(x)
     y = self.act(self.norm()(y))
     y = self.conv(self.filters, (3, 3), self.strides)(y)
     y = self.act(self.norm()(y))
     y = self.conv(self.filters * 4, (1, 1))(y)
-    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters * 4, (1, 1), self.strides,
-                           name="conv_proj")(residual)
-      residual = self.norm(name="norm_proj")(residual)
-    return self.act(residual + y)
+    return self.norm(scale_init=nn.initializers.zeros_init())(y)
 
 
 class ResNet(nn.Module):
