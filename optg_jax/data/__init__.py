@@ -87,6 +87,17 @@ def _local_device_count(local_device_count):
   return int(local_device_count)
 
 
+def _setup(config, batch_field: str, process_index: int, process_count: int,
+           local_device_count):
+  """Checks an iterator's arguments: `(source, per-process batch, devices)`."""
+  source = _source(config)
+  common.check_process(process_index, process_count)
+  local_device_count = _local_device_count(local_device_count)
+  batch, _ = common.split_batch(config[batch_field], process_count,
+                                local_device_count, batch_field)
+  return source, batch, local_device_count
+
+
 def dataset_info(config) -> DatasetInfo:
   """Describes the dataset that `config.dataset` names.
 
@@ -202,11 +213,8 @@ def train_iterator(config, start_step: int = 0, process_index: int = 0,
       devices, or `start_step` is negative.
     DatasetError: if the dataset is unknown or not prepared.
   """
-  source = _source(config)
-  common.check_process(process_index, process_count)
-  local_device_count = _local_device_count(local_device_count)
-  batch, _ = common.split_batch(config.batch_size, process_count,
-                                local_device_count, "batch_size")
+  source, batch, local_device_count = _setup(
+      config, "batch_size", process_index, process_count, local_device_count)
   if start_step < 0:
     raise ValueError(f"start_step must be non-negative, got {start_step}")
   steps = steps_per_epoch(config, process_count)
@@ -249,11 +257,9 @@ def eval_iterator(config, process_index: int = 0, process_count: int = 1,
       devices.
     DatasetError: if the dataset is unknown or not prepared.
   """
-  source = _source(config)
-  common.check_process(process_index, process_count)
-  local_device_count = _local_device_count(local_device_count)
-  batch, _ = common.split_batch(config.eval_batch_size, process_count,
-                                local_device_count, "eval_batch_size")
+  source, batch, local_device_count = _setup(
+      config, "eval_batch_size", process_index, process_count,
+      local_device_count)
   info = source.info(config)
   start, end = common.shard_bounds(info.num_eval, process_index,
                                    process_count)
