@@ -16,6 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()
   config.dataset = "imagenet2012"
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # > 0: evaluate on this many training examples held out of training
+  # (digits and Fashion-MNIST), to choose a recipe without the test split.
+  config.validation_size = 0
   config.image_size = 224
   config.cache = False
   config.shuffle_buffer_size = 16 * 1024
@@ -26,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.beta = 1.0  # Steepness of the sigmoid sparsity schedule.
   config.mask_momentum = 0.9  # Momentum of the scores' SGD.
   config.update_every_steps = 0  # Mask refresh period; 0: once an epoch.
+  # Opt-in variants of the ranking, not in the paper (see mask_transform):
+  config.score_normalization = ""  # "" (the paper) | "layer_rms"
+  config.min_kept_per_unit = 0  # 0 (the paper) | n kept inputs per unit
 
   # Optimisation of the weights.
   config.num_epochs = 100

@@ -12,19 +12,23 @@ from optg_jax.schedules import supermask_learning_rate
 from optg_jax.topk import topk_masks
 from optg_jax.transform import apply_masks
 from optg_jax.transform import CRITERIA
+from optg_jax.transform import forced_count
 from optg_jax.transform import get_masks
 from optg_jax.transform import get_optg_state
 from optg_jax.transform import mask_transform
 from optg_jax.transform import OptGState
 from optg_jax.transform import path_to_str
+from optg_jax.transform import SCORE_NORMALIZATIONS
 
 __version__ = "0.1.0"
 
 __all__ = (
     "CRITERIA",
     "OptGState",
+    "SCORE_NORMALIZATIONS",
     "apply_masks",
     "final_sparsity_shortfall",
+    "forced_count",
     "get_masks",
     "get_optg_state",
     "mask_transform",

@@ -113,6 +113,13 @@ def validate_config(config: ml_collections.ConfigDict,
          f"{config.warmup_epochs!r}")
   if config.beta <= 0:
     fail(f"beta must be positive, got {config.beta!r}")
+  normalization = config.get("score_normalization", "") or None
+  if normalization not in optg.SCORE_NORMALIZATIONS:
+    fail(f"unknown score_normalization {normalization!r}; valid: '' (none), "
+         + ", ".join(repr(n) for n in optg.SCORE_NORMALIZATIONS if n))
+  floor = config.get("min_kept_per_unit", 0)
+  if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
+    fail(f"min_kept_per_unit must be a non-negative integer, got {floor!r}")
   if config.learning_rate <= 0:
     fail(f"learning_rate must be positive, got {config.learning_rate!r}")
   for name in ("log_every_steps", "checkpoint_every_steps"):
@@ -180,7 +187,9 @@ def create_optimizer(config, schedules: Schedules,
         schedules.sparsity, schedules.mask_learning_rate,
         momentum=config.mask_momentum,
         update_every=update_every_steps(config, steps_per_epoch),
-        criterion=config.method))
+        criterion=config.method,
+        score_normalization=config.get("score_normalization", "") or None,
+        min_kept_per_unit=config.get("min_kept_per_unit", 0)))
   chain += [
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedules.learning_rate, momentum=config.momentum,

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optg_jax import schedules
@@ -30,6 +31,7 @@ PyTree = Any
 Where = Callable[[str, jax.Array], bool]
 
 CRITERIA = ("optg", "magnitude")
+SCORE_NORMALIZATIONS = (None, "layer_rms")
 
 
 class OptGState(NamedTuple):
@@ -72,13 +74,56 @@ def _prunable_tree(params: PyTree, where: Where, fn) -> PyTree:
   return jax.tree_util.tree_map_with_path(select, params)
 
 
+def num_units(leaf) -> int:
+  """Output units of a kernel: its last axis (Dense `(in, out)`, conv HWIO)."""
+  return int(jnp.shape(leaf)[-1])
+
+
+def forced_count(masks_or_params: PyTree, min_kept_per_unit: int) -> int:
+  """How many weights `min_kept_per_unit` keeps whatever the scores.
+
+  Args:
+    masks_or_params: the prunable leaves (arrays; `None` leaves skipped).
+    min_kept_per_unit: the per-unit floor.
+
+  Returns:
+    `sum over leaves of units * min(floor, fan-in)`.
+  """
+  total = 0
+  for leaf in jax.tree.leaves(masks_or_params):
+    fan_in = int(np.prod(jnp.shape(leaf)[:-1]))
+    total += num_units(leaf) * min(min_kept_per_unit, fan_in)
+  return total
+
+
+def _unit_floor(ranking: jax.Array, n: int) -> jax.Array:
+  """`ranking` with each output unit's `n` best entries raised to +inf."""
+  shape = ranking.shape
+  flat = ranking.reshape(-1, shape[-1]).T  # [units, fan-in]
+  n = min(n, flat.shape[1])
+  _, best = jax.lax.top_k(flat, n)  # Ties: the lowest index first.
+  chosen = jnp.zeros(flat.shape, bool).at[
+      jnp.arange(flat.shape[0])[:, None], best].set(True)
+  raised = jnp.where(chosen, jnp.inf, flat)
+  return raised.T.reshape(shape)
+
+
+def _layer_rms_normalized(ranking: jax.Array) -> jax.Array:
+  """`ranking / sqrt(mean(ranking ** 2))`, left as is when it is all zero."""
+  rms = jnp.sqrt(jnp.mean(jnp.square(ranking)))
+  return jnp.where(rms > 0, ranking / jnp.where(rms > 0, rms, 1.0), ranking)
+
+
 def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    mask_learning_rate: schedules.ScalarOrSchedule,
                    *,
                    momentum: float = 0.9,
                    update_every: int = 1,
                    where: Optional[Where] = None,
-                   criterion: str = "optg") -> optax.GradientTransformation:
+                   criterion: str = "optg",
+                   score_normalization: Optional[str] = None,
+                   min_kept_per_unit: int = 0
+                   ) -> optax.GradientTransformation:
   """OptG: learns global top-k masks from accumulated gradient-driven scores.
 
   The scores accumulate the first-order criterion `G * W` with SGD momentum
@@ -107,6 +152,21 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       being a '/'-joined key path such as 'Conv_0/kernel'. Default: leaves
       with `ndim >= 2` (conv and dense kernels).
     criterion: "optg" or "magnitude".
+    score_normalization: opt-in, not in the paper. None (the paper: rank the
+      raw scores) or "layer_rms": each layer's ranking is divided by its
+      root-mean-square before the global top-k, so layers whose scores are
+      large only because their `G * W` is noisy (a small stem, 1x1
+      shortcuts, the classifier) no longer dominate both tails. The scores
+      themselves are unchanged.
+    min_kept_per_unit: opt-in, not in the paper. 0 (the paper) or a floor
+      `n`: every output unit (last kernel axis: a dense layer's output, a
+      conv's output channel) keeps its `n` best-ranked input weights at
+      every refresh, whatever the global ranking; the rest of the `k` kept
+      weights are chosen globally as usual, so the count stays exactly
+      `k`. No layer, channel or class is ever left without weights. If the
+      floors add up to more than `k` (see `forced_count`), the top-k cuts
+      among them by position and some units lose their floor; a constant
+      sparsity is checked here.
 
   Returns:
     An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -126,9 +186,32 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
   if not callable(sparsity) and not isinstance(sparsity, jax.core.Tracer):
     topk.num_to_keep(sparsity, 1)  # Validates a constant sparsity early.
+  if score_normalization not in SCORE_NORMALIZATIONS:
+    raise ValueError(f"unknown score_normalization {score_normalization!r}; "
+                     f"valid: {', '.join(map(repr, SCORE_NORMALIZATIONS))}")
+  if (not isinstance(min_kept_per_unit, int) or
+      isinstance(min_kept_per_unit, bool) or min_kept_per_unit < 0):
+    raise ValueError(f"min_kept_per_unit must be a non-negative integer, got "
+                     f"{min_kept_per_unit!r}")
   where = default_where if where is None else where
   mask_lr = schedules.as_schedule(mask_learning_rate)
   learns_scores = criterion == "optg"
+
+  def _rankings(ranking):
+    """What the top-k ranks: the scores (or |W|), or an opt-in variant."""
+    if not score_normalization and not min_kept_per_unit:
+      return ranking  # The paper.
+
+    def one(leaf):
+      leaf = leaf.astype(jnp.float32)
+      if score_normalization == "layer_rms":
+        leaf = _layer_rms_normalized(leaf)
+      if min_kept_per_unit and leaf.ndim >= 1:
+        leaf = _unit_floor(leaf, min_kept_per_unit)
+      return leaf
+
+    return jax.tree.map(lambda r: None if r is None else one(r), ranking,
+                        is_leaf=lambda x: x is None)
 
   def sparsity_at(step):
     # A constant stays a Python number so that the top-k count is exact.
@@ -137,6 +220,15 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   def init_fn(params):
     masks = _prunable_tree(params,
                            where, lambda p: jnp.ones(jnp.shape(p), bool))
+    if (min_kept_per_unit and not callable(sparsity) and
+        not isinstance(sparsity, jax.core.Tracer)):
+      total = sum(int(np.size(m)) for m in jax.tree.leaves(masks))
+      forced = forced_count(masks, min_kept_per_unit)
+      if forced > topk.num_to_keep(sparsity, total):
+        raise ValueError(
+            f"min_kept_per_unit={min_kept_per_unit} keeps {forced} weights, "
+            f"more than the {topk.num_to_keep(sparsity, total)} that "
+            f"sparsity {sparsity} keeps")
     if learns_scores:
       zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
       scores = _prunable_tree(params, where, zeros)
@@ -176,7 +268,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     next_step = optax.safe_int32_increment(step)
     refresh = next_step % update_every == 0
     new_masks = jax.lax.cond(
-        refresh, lambda: topk.topk_masks(ranking, sparsity_at(next_step)),
+        refresh,
+        lambda: topk.topk_masks(_rankings(ranking), sparsity_at(next_step)),
         lambda: masks)
 
     masked_updates = jax.tree.map(

@@ -11,7 +11,12 @@
 
 Datasets (`config.dataset`): 'imagenet2012' and 'cifar10' (TFDS, must be
 prepared in `config.data_dir`; nothing is ever downloaded), 'digits'
-(scikit-learn's bundled 8x8 digits) and 'fake' (seeded random data).
+(scikit-learn's bundled 8x8 digits), 'fashion_mnist' (the IDX files in
+`config.data_dir`, by default where Debian's `dataset-fashion-mnist` puts
+them) and 'fake' (seeded random data). For the in-memory datasets (digits,
+Fashion-MNIST), `config.validation_size > 0` evaluates on that many
+training examples held out of training, to choose recipes without the test
+split.
 
 Training batches are deterministic and resumable: the batches are a pure
 function of `(config.seed, dataset, batch size, process_index,
@@ -34,6 +39,7 @@ import tensorflow as tf
 from optg_jax.data import cifar10
 from optg_jax.data import common
 from optg_jax.data import digits
+from optg_jax.data import fashion_mnist
 from optg_jax.data import fake
 from optg_jax.data import imagenet
 from optg_jax.data.cifar10 import preprocess_cifar10_eval
@@ -49,6 +55,7 @@ SOURCES = {
     imagenet.NAME: imagenet,
     cifar10.NAME: cifar10,
     digits.NAME: digits,
+    fashion_mnist.NAME: fashion_mnist,
     fake.NAME: fake,
 }
 DATASETS = tuple(SOURCES)

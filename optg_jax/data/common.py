@@ -274,6 +274,71 @@ def array_eval_examples(data: ArrayData, start: int, end: int,
   return ds.map(one, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+# The seed of the held-out validation split: fixed, whatever the run's seed,
+# so that every run of a study is validated on the same images.
+HOLD_OUT_SEED = 20260
+
+Split = Tuple[np.ndarray, np.ndarray]
+
+
+def validation_size(config) -> int:
+  """`config.validation_size` (0 when the field is absent), checked."""
+  size = config.get("validation_size", 0) or 0
+  if (not isinstance(size, (int, np.integer)) or isinstance(size, bool)
+      or size < 0):
+    raise DatasetError(f"validation_size must be a non-negative integer, got "
+                       f"{size!r}")
+  return int(size)
+
+
+def hold_out(train: Split, size: int) -> Tuple[Split, Optional[Split]]:
+  """Holds `size` training examples out as a validation split.
+
+  The held-out examples are drawn stratified by label (each class gives its
+  share, rounded, and the remainder goes to the largest classes) with a fixed
+  seed, so the split is the same for every run and the training split never
+  sees them.
+
+  Args:
+    train: `(images, labels)` of the training split.
+    size: the number of examples to hold out; 0 holds none out.
+
+  Returns:
+    `((images, labels) left for training, (images, labels) held out)`, the
+    second None when `size` is 0.
+
+  Raises:
+    DatasetError: if `size` leaves no training example.
+  """
+  images, labels = train
+  if size == 0:
+    return train, None
+  if size >= len(labels):
+    raise DatasetError(f"validation_size {size} leaves no training example "
+                       f"of the {len(labels)}")
+  rng = np.random.default_rng(HOLD_OUT_SEED)
+  classes, counts = np.unique(labels, return_counts=True)
+  quota = np.floor(counts * size / len(labels)).astype(int)
+  for i in np.argsort(-counts, kind="stable")[:size - quota.sum()]:
+    quota[i] += 1
+  held = np.concatenate([
+      rng.permutation(np.flatnonzero(labels == c))[:q]
+      for c, q in zip(classes, quota)])
+  held = np.sort(held)
+  keep = np.setdiff1d(np.arange(len(labels)), held)
+  return (images[keep], labels[keep]), (images[held], labels[held])
+
+
+def normalized_array_data(images: np.ndarray, labels: np.ndarray, mean: float,
+                          std: float) -> ArrayData:
+  """`(images - mean) / std` with a channel axis, as read-only ArrayData."""
+  x = ((images - mean) / std).astype(np.float32)[..., None]
+  x.setflags(write=False)
+  y = np.ascontiguousarray(labels, np.int32)
+  y.setflags(write=False)
+  return ArrayData(images=x, labels=y, num_examples=int(y.shape[0]))
+
+
 def ceil_div(a: int, b: int) -> int:
   """`ceil(a / b)` for a non-negative `a` and a positive `b`."""
   return -(-a // b)

@@ -1,4 +1,5 @@
-"""The Flax models of the paper: ImageNet ResNets and MobileNets, CIFAR nets.
+"""The Flax models of the paper: ImageNet ResNets and MobileNets, CIFAR nets,
+and the LeNets for small studies (Fashion-MNIST).
 
     from optg_jax import models
     model = models.create("resnet50", num_classes=1000, dtype=jnp.bfloat16)
@@ -16,6 +17,8 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import jax.numpy as jnp
 
+from optg_jax.models.lenet import LeNet300100
+from optg_jax.models.lenet import LeNet5
 from optg_jax.models.mobilenet import MobileNetV1
 from optg_jax.models.mobilenet import MobileNetV2
 from optg_jax.models.resnet import BasicBlock
@@ -34,6 +37,7 @@ from optg_jax.models.vgg import VGG19Cifar
 
 IMAGENET_INPUT = (224, 224, 3)
 CIFAR_INPUT = (32, 32, 3)
+MNIST_INPUT = (28, 28, 1)
 
 # name -> (constructor, usual input shape)
 _MODELS: Dict[str, Tuple[Callable[..., Any], Tuple[int, int, int]]] = {
@@ -48,6 +52,8 @@ _MODELS: Dict[str, Tuple[Callable[..., Any], Tuple[int, int, int]]] = {
     "resnet32_cifar": (ResNet32Cifar, CIFAR_INPUT),
     "resnet56_cifar": (ResNet56Cifar, CIFAR_INPUT),
     "vgg19_cifar": (VGG19Cifar, CIFAR_INPUT),
+    "lenet_300_100": (LeNet300100, MNIST_INPUT),
+    "lenet5": (LeNet5, MNIST_INPUT),
 }
 
 
@@ -84,5 +90,5 @@ def create(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs):
 
 
 def default_input_shape(name: str) -> Tuple[int, int, int]:
-  """The usual input `(height, width, channels)` of a model: 224 or 32."""
+  """The usual input `(height, width, channels)` of a model: 224, 32 or 28."""
   return _lookup(name)[1]

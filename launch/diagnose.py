@@ -1,0 +1,186 @@
+"""Records what every mask refresh of a run does: the collapse diagnosis.
+
+  python launch/diagnose.py --config=configs/quickstart.py \
+      --config.sparsity=0.99 --output=DIR
+
+Trains the configured run in this process on one device, with the harness's
+model, data, schedules and optax chain (`optg_jax.train`), and at every
+refresh records per layer (`optg_jax.diagnostics.refresh_stats`): pruned and
+regrown weights with their magnitudes, dead output units, score quantiles,
+the signal-to-noise ratio of `G * W` accumulated since the last refresh, and
+the train accuracy before and eval accuracy after the refresh. Writes
+`DIR/refreshes.json` (everything) and `DIR/refreshes.md` (tables). Nothing
+is checkpointed; this is a measurement, not a training run to keep.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration.",
+                                lock_config=True)
+flags.DEFINE_string("output", None, "Directory for refreshes.json/.md.")
+flags.DEFINE_integer("max_refreshes", 0, "Stop after this many refreshes "
+                     "(0: run to the end).")
+flags.DEFINE_integer("record_every", 1, "Record every this many refreshes "
+                     "(pruned and regrown then count against the masks of "
+                     "the previous record; the criterion sums span the same "
+                     "steps). Useful when the run refreshes every step.")
+flags.mark_flags_as_required(["config", "output"])
+
+
+def _table(records, steps_per_epoch):
+  lines = []
+  for r in records:
+    lines.append(f"\n### Refresh at step {r['step']} (epoch "
+                 f"{r['step'] / steps_per_epoch:.2f}): sparsity "
+                 f"{r['sparsity']:.4f}, train accuracy before "
+                 f"{r['train_accuracy']:.3f}, eval accuracy after "
+                 f"{r['eval_accuracy']:.3f}\n")
+    lines.append("| layer | kept | total | pruned | regrown | dead units | "
+                 "mean abs W regrown | mean abs W kept | score p01 | "
+                 "score p50 | score p99 | SNR p50 |")
+    lines.append("|---" * 12 + "|")
+    fmt = lambda v, f: "—" if v is None else format(v, f)
+    for name, s in r["layers"].items():
+      score = s.get("score", {})
+      lines.append(
+          f"| {name} | {s['kept']} | {s['total']} | {s['pruned']} | "
+          f"{s['regrown']} | {s['dead_units']} | "
+          f"{fmt(s['regrown_abs_w'], '.3g')} | {fmt(s['kept_abs_w'], '.3g')}"
+          f" | {fmt(score.get('p01'), '.3g')} | {fmt(score.get('p50'), '.3g')}"
+          f" | {fmt(score.get('p99'), '.3g')} | "
+          f"{fmt(s.get('snr_p50'), '.2f')} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import optg_jax as optg  # pylint: disable=g-import-not-at-top
+  from optg_jax import data  # pylint: disable=g-import-not-at-top
+  from optg_jax import diagnostics  # pylint: disable=g-import-not-at-top
+  from optg_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = FLAGS.config
+  try:
+    run = train._Run(config)  # pylint: disable=protected-access
+  except (train.ConfigError, data.DatasetError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if config.method == "dense":
+    print("error: method 'dense' has no refreshes to diagnose",
+          file=sys.stderr)
+    sys.exit(2)
+  model, tx = run.model, run.tx
+  every = train.update_every_steps(config, run.steps_per_epoch)
+  state = run.initial_state()
+
+  @jax.jit
+  def step(state, batch):
+    masks = optg.get_masks(state.opt_state)
+    masked = optg.apply_masks(state.params, masks)
+
+    def loss_fn(masked):
+      logits, new_model_state = model.apply(
+          {"params": masked, "batch_stats": state.batch_stats},
+          batch["image"], train=True, mutable=["batch_stats"])
+      loss = train.cross_entropy_loss(logits, batch["label"],
+                                      config.label_smoothing)
+      return loss, (new_model_state, logits)
+
+    (_, (model_state, logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(masked)
+    criterion = jax.tree.map(
+        lambda g, w, m: None if m is None else g * w, grads, state.params,
+        masks, is_leaf=lambda x: x is None)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params,
+                                                        updates),
+        batch_stats=model_state["batch_stats"], opt_state=opt_state)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return new_state, criterion, accuracy
+
+  @jax.jit
+  def evaluate_batch(state, batch):
+    masked = train.masked_params(config, state.params, state.opt_state)
+    logits = model.apply({"params": masked,
+                          "batch_stats": state.batch_stats}, batch["image"],
+                         train=False)
+    return jnp.sum((jnp.argmax(logits, -1) == batch["label"]) *
+                   batch["mask"]), jnp.sum(batch["mask"])
+
+  def evaluate(state):
+    hits = count = 0.0
+    for batch in data.eval_iterator(config, local_device_count=1):
+      h, c = evaluate_batch(state, jax.tree.map(lambda x: x[0], batch))
+      hits, count = hits + float(h), count + float(c)
+    return hits / count
+
+  batches = data.train_iterator(config, local_device_count=1)
+  zeros = lambda: jax.tree.map(
+      lambda m: None if m is None else jnp.zeros(m.shape, jnp.float32),
+      optg.get_masks(state.opt_state), is_leaf=lambda x: x is None)
+  acc_sum, acc_sumsq, accuracies, records = zeros(), zeros(), [], []
+  add = jax.jit(lambda s, q, c: (
+      jax.tree.map(lambda a, b: a + b, s, c),
+      jax.tree.map(lambda a, b: a + b * b, q, c)))
+  old_masks = optg.get_masks(state.opt_state)
+  refreshes = 0
+  for t in range(run.total_steps):
+    batch = jax.tree.map(lambda x: x[0], next(batches))
+    state, criterion, accuracy = step(state, batch)
+    acc_sum, acc_sumsq = add(acc_sum, acc_sumsq, criterion)
+    accuracies.append(accuracy)
+    if (t + 1) % every or t + 1 == run.total_steps:
+      continue
+    refreshes += 1
+    if refreshes % FLAGS.record_every:
+      continue
+    host = jax.device_get(state)
+    new_masks = optg.get_masks(host.opt_state)
+    scores = (optg.get_optg_state(host.opt_state).scores
+              if config.method == "optg" else None)
+    layers = diagnostics.refresh_stats(
+        jax.device_get(old_masks), new_masks, host.params, scores,
+        jax.device_get(acc_sum), jax.device_get(acc_sumsq))
+    record = {
+        "step": t + 1,
+        "sparsity": optg.sparsity_report(new_masks)["sparsity"],
+        "train_accuracy": float(np.mean(jax.device_get(accuracies))),
+        "eval_accuracy": evaluate(state),
+        "layers": layers,
+    }
+    records.append(record)
+    print(f"refresh at step {t + 1}: sparsity {record['sparsity']:.4f}, "
+          f"train accuracy {record['train_accuracy']:.3f}, eval accuracy "
+          f"{record['eval_accuracy']:.3f}", flush=True)
+    acc_sum, acc_sumsq, accuracies = zeros(), zeros(), []
+    old_masks = new_masks
+    if FLAGS.max_refreshes and len(records) >= FLAGS.max_refreshes:
+      break
+  os.makedirs(FLAGS.output, exist_ok=True)
+  with open(os.path.join(FLAGS.output, "refreshes.json"), "w") as f:
+    json.dump({"config": config.to_dict(), "refreshes": records}, f,
+              indent=1, default=str)
+  with open(os.path.join(FLAGS.output, "refreshes.md"), "w") as f:
+    f.write(_table(records, run.steps_per_epoch))
+  print(f"wrote {FLAGS.output}/refreshes.json and refreshes.md")
+
+
+if __name__ == "__main__":
+  app.run(main)
