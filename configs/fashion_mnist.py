@@ -20,14 +20,14 @@ def get_config():
   config.dataset = "fashion_mnist"
   config.data_dir = "/usr/share/datasets/fashion-mnist"
   config.sparsity = 0.95
-  config.num_epochs = 10
+  config.num_epochs = 6
   config.warmup_epochs = 1
-  # 10 epochs: beta = 2 puts the last refresh within 0.95 * sigmoid(-10),
-  # 4.3e-5, of the target.
-  config.beta = 2.0
+  # 6 epochs: beta = 2.5 puts the last refresh within 0.95 * sigmoid(-7.5),
+  # 5.2e-4, of the target.
+  config.beta = 2.5
   config.batch_size = 128
   config.eval_batch_size = 1000
-  config.learning_rate = 0.05
+  config.learning_rate = 0.02
   config.lr_reference_batch_size = 0
   config.weight_decay = 1e-4
   config.label_smoothing = 0.0

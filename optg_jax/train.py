@@ -457,6 +457,83 @@ def evaluate(p_eval_step, state, config, local_device_count: int):
           "eval_examples": int(count)}
 
 
+def collapse_findings(report, input_layer: Optional[str],
+                      output_layer: Optional[str]) -> Dict[str, Any]:
+  """What a sparsity report says about layers cut off by pruning.
+
+  A collapsed layer (no kept weight) or a dead unit (an output unit or
+  channel with no kept input weight) is harmless only where another path
+  carries the signal past it, e.g. a residual branch beside its shortcut.
+  The model's input layer collapsed, its classifier collapsed, or a class
+  with no kept weight (a dead unit of the classifier) never are: those are
+  `fatal`. Collapsed layers elsewhere are fatal in a plain chain (LeNet, VGG,
+  MobileNet V1) and may be harmless in a residual network; they are listed
+  as `collapsed_layers` for the reader to judge.
+
+  Args:
+    report: `optg.sparsity_report(masks)`.
+    input_layer: the kernel path of the model's first layer (call order).
+    output_layer: the kernel path of the model's classifier (last layer).
+
+  Returns:
+    `{"collapsed_layers": [...], "dead_units": {path: count},
+    "fatal": [one-line reasons]}`.
+  """
+  fatal = []
+  for name in report["collapsed_layers"]:
+    if name == input_layer:
+      fatal.append(f"the input layer {name} has no kept weight")
+    elif name == output_layer:
+      fatal.append(f"the classifier {name} has no kept weight")
+  if output_layer in report["dead_units"] and (
+      output_layer not in report["collapsed_layers"]):
+    fatal.append(f"{report['dead_units'][output_layer]} classes have no kept "
+                 f"weight in the classifier {output_layer}")
+  return {"collapsed_layers": list(report["collapsed_layers"]),
+          "dead_units": dict(report["dead_units"]), "fatal": fatal}
+
+
+class _CollapseWatch:
+  """Warns once per change when a refresh cuts a layer or a unit off."""
+
+  def __init__(self, input_layer, output_layer, update_every: int):
+    self.input_layer, self.output_layer = input_layer, output_layer
+    self.update_every = update_every
+    self.last = None
+
+  def check(self, report, step: int):
+    findings = collapse_findings(report, self.input_layer, self.output_layer)
+    # A new warning when the set of layers cut off changes, not the counts.
+    key = (tuple(findings["collapsed_layers"]),
+           tuple(sorted(findings["dead_units"])), tuple(findings["fatal"]))
+    if key == self.last:
+      return
+    if self.last is not None or any(key):
+      refresh = step - step % self.update_every
+      if not any(key):
+        logging.warning("Mask refresh at step %d: no layer or unit is cut "
+                        "off any more", refresh)
+      else:
+        dead = sorted(findings["dead_units"].items(), key=lambda kv: -kv[1])
+        listed = ", ".join(f"{n} {c}" for n, c in dead[:4]) + (
+            f", and {len(dead) - 4} more layers" if len(dead) > 4 else "")
+        logging.warning(
+            "Mask refresh at step %d (sparsity %.4f): collapsed layers: %s; "
+            "%d dead units (no kept input weight): %s%s", refresh,
+            report["sparsity"],
+            ", ".join(findings["collapsed_layers"]) or "none",
+            sum(findings["dead_units"].values()), listed or "none",
+            ("; FATAL: " + "; ".join(findings["fatal"]))
+            if findings["fatal"] else "")
+    self.last = key
+
+
+def model_layers(model, variables, image_shape):
+  """The kernel paths of the conv and dense layers in call order."""
+  macs = flops.count_macs(model, variables, (1,) + tuple(image_shape))
+  return [layer.path for layer in macs.per_layer]
+
+
 def _model_summary(config, model, state: TrainState, image_shape):
   """Actual sparsity, MACs and the per-layer table of the host state."""
   params = state.params
@@ -471,6 +548,9 @@ def _model_summary(config, model, state: TrainState, image_shape):
         params))
   else:
     report = optg.sparsity_report(masks)
+  order = [layer.path for layer in macs.per_layer]
+  findings = collapse_findings(report, order[0] if order else None,
+                               order[-1] if order else None)
   return {
       "sparsity": report["sparsity"],
       "prunable_params": report["total"],
@@ -478,7 +558,33 @@ def _model_summary(config, model, state: TrainState, image_shape):
       "num_params": num_params,
       "dense_macs": int(macs.dense),
       "sparse_macs": int(macs.sparse),
-  }, optg.sparsity_table(report)
+      "collapsed_layers": findings["collapsed_layers"],
+      "dead_units": findings["dead_units"],
+      "fatal_collapse": findings["fatal"],
+      # In call order (the layers MAC counting saw first, then any other).
+      "layers": {name: {"kept": r["kept"], "total": r["total"],
+                        "dead_units": r["dead_units"]}
+                 for name, r in sorted(
+                     report["layers"].items(),
+                     key=lambda kv: (order.index(kv[0]) if kv[0] in order
+                                     else len(order)))},
+  }, optg.sparsity_table(report) + _collapse_note(findings)
+
+
+def _collapse_note(findings) -> str:
+  """The lines under the sparsity table about layers cut off."""
+  if not findings["collapsed_layers"] and not findings["dead_units"]:
+    return "\nNo layer collapsed; every output unit keeps an input weight.\n"
+  lines = [f"\nCollapsed layers (no kept weight): "
+           f"{', '.join(findings['collapsed_layers']) or 'none'}",
+           "Dead units (no kept input weight): " + (", ".join(
+               f"{n} {c}" for n, c in findings["dead_units"].items())
+                                                     or "none")]
+  if findings["fatal"]:
+    lines.append("FATAL: " + "; ".join(findings["fatal"]))
+  lines.append("A collapsed layer or dead unit is harmless only where "
+               "another path (a residual shortcut) carries the signal.")
+  return "\n".join(lines) + "\n"
 
 
 def _write_outputs(workdir, summary, table):
@@ -516,6 +622,25 @@ class _Run:
     self.schedules = create_schedules(config, self.steps_per_epoch)
     self.tx = create_optimizer(config, self.schedules, self.steps_per_epoch)
     self.model = create_model(config, self.info.num_classes)
+    self._check_unit_floor()
+
+  def _check_unit_floor(self):
+    """min_kept_per_unit must leave room within the target's kept count."""
+    floor = self.config.get("min_kept_per_unit", 0)
+    if not floor or self.config.method == "dense":
+      return
+    shapes = jax.eval_shape(
+        lambda: self.model.init(jax.random.key(0), jnp.zeros(
+            (1,) + tuple(self.info.image_shape)), train=False))["params"]
+    prunable = [x for x in jax.tree.leaves(shapes) if len(x.shape) >= 2]
+    total = sum(int(np.prod(x.shape)) for x in prunable)
+    forced = optg.forced_count(prunable, floor)
+    keep = total - int(round(self.config.sparsity * total))
+    if forced > keep:
+      raise ConfigError(
+          f"min_kept_per_unit={floor} keeps {forced:,} weights, more than "
+          f"the {keep:,} that sparsity {self.config.sparsity} keeps of "
+          f"{self.config.model}'s {total:,}")
 
   def initial_state(self) -> TrainState:
     rng = jax.random.key(self.config.seed)
@@ -611,6 +736,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   manager = checkpoint_manager(workdir, config)
   state = restore_latest(manager, state, workdir)
   start_step = int(state.step)
+  layers = model_layers(run.model, {"params": state.params,
+                                    "batch_stats": state.batch_stats},
+                        run.info.image_shape)
+  watch = _CollapseWatch(layers[0] if layers else None,
+                         layers[-1] if layers else None,
+                         update_every_steps(config, run.steps_per_epoch))
   p_train, p_eval = run.pmapped_steps()
   state = replicate(jax.device_get(state))
 
@@ -655,7 +786,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         hook(done)
       at_log = done % config.log_every_steps == 0 or done == run.total_steps
       if at_log:
-        _check_finite_and_log(writer, train_metrics, done, state, config)
+        _check_finite_and_log(writer, train_metrics, done, state, config,
+                              watch=watch)
         train_metrics = []
       if sigterm.agreed(at_log):
         _check_finite_and_log(writer, train_metrics, done, state, config,
@@ -669,7 +801,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   if train_metrics:
     _check_finite_and_log(writer, train_metrics, run.total_steps, state,
-                          config)
+                          config, watch=watch)
   if last_saved != int(jax_utils.unreplicate(state.step)):
     save_checkpoint(manager, state)
   eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
@@ -747,8 +879,12 @@ class _SigtermFlag:
 
 
 def _check_finite_and_log(writer, train_metrics, step, state, config,
-                          write=True):
-  """Stops on a non-finite step; writes averaged train metrics."""
+                          write=True, watch: Optional[_CollapseWatch] = None):
+  """Stops on a non-finite step; writes averaged train metrics.
+
+  With a `watch`, the masks in force are checked for collapsed layers and
+  dead units, and a change since the last check is logged as a warning.
+  """
   if not train_metrics:
     return
   host = jax.device_get([jax.tree.map(lambda x: x[0], m)
@@ -769,5 +905,10 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
   if config.method != "dense":
     masks = jax.device_get(jax.tree.map(
         lambda x: x[0], optg.get_masks(state.opt_state)))
-    summary["actual_sparsity"] = optg.sparsity_report(masks)["sparsity"]
+    report = optg.sparsity_report(masks)
+    summary["actual_sparsity"] = report["sparsity"]
+    summary["collapsed_layers"] = len(report["collapsed_layers"])
+    summary["dead_units"] = sum(report["dead_units"].values())
+    if watch is not None:
+      watch.check(report, step)
   writer.write_scalars(step, summary)

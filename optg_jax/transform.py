@@ -74,9 +74,14 @@ def _prunable_tree(params: PyTree, where: Where, fn) -> PyTree:
   return jax.tree_util.tree_map_with_path(select, params)
 
 
+def _shape(leaf) -> Tuple[int, ...]:
+  return tuple(getattr(leaf, "shape", np.shape(leaf)))
+
+
 def num_units(leaf) -> int:
   """Output units of a kernel: its last axis (Dense `(in, out)`, conv HWIO)."""
-  return int(jnp.shape(leaf)[-1])
+  shape = _shape(leaf)
+  return int(shape[-1]) if shape else 1
 
 
 def forced_count(masks_or_params: PyTree, min_kept_per_unit: int) -> int:
@@ -91,7 +96,7 @@ def forced_count(masks_or_params: PyTree, min_kept_per_unit: int) -> int:
   """
   total = 0
   for leaf in jax.tree.leaves(masks_or_params):
-    fan_in = int(np.prod(jnp.shape(leaf)[:-1]))
+    fan_in = int(np.prod(_shape(leaf)[:-1]))
     total += num_units(leaf) * min(min_kept_per_unit, fan_in)
   return total
 

@@ -187,3 +187,24 @@ def test_training_needs_no_dropout_rng_by_default():
   assert logits.shape == (2, 10)
   assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
       variables["batch_stats"])
+
+
+@pytest.mark.parametrize("name, kernels, macs", [
+    ("lenet_300_100", 784 * 300 + 300 * 100 + 100 * 10, 266_200),
+    # conv1 24x24x(5x5x1x20), conv2 8x8x(5x5x20x50), 800x500, 500x10.
+    ("lenet5", 500 + 25_000 + 400_000 + 5_000,
+     576 * 500 + 64 * 25_000 + 400_000 + 5_000),
+])
+def test_lenets_counts_and_macs(name, kernels, macs):
+  from optg_jax import flops  # pylint: disable=g-import-not-at-top
+  model = models.create(name, num_classes=10)
+  assert models.default_input_shape(name) == (28, 28, 1)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)),
+                         train=False)
+  prunable = [x for x in jax.tree.leaves(variables) if x.ndim >= 2]
+  assert sum(x.size for x in prunable) == kernels
+  count = flops.count_macs(model, variables, (1, 28, 28, 1))
+  assert count.dense == macs
+  assert [l.path for l in count.per_layer][-1] == "head/kernel"
+  logits = model.apply(variables, jnp.ones((3, 28, 28, 1)), train=True)
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32

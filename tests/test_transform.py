@@ -286,3 +286,95 @@ def test_pmap_over_four_devices_keeps_identical_replicas():
 def _single(tx, params, state, grads):
   updates, state = tx.update(grads, state, params)
   return optax.apply_updates(params, updates), state
+
+
+# Opt-in variants of the ranking (not in the paper).
+
+
+def _refreshed(tx, steps=2):
+  params = make_params()
+  state = tx.init(params)
+  for t in range(steps):
+    _, state = tx.update(make_grads(t), state, params)
+  return state
+
+
+# Of 112 weights, 0.9 keeps 11 and 0.8 keeps 22; conv 4 units, dense 5.
+@pytest.mark.parametrize("floor, sparsity", [(1, 0.9), (2, 0.8)])
+def test_min_kept_per_unit_keeps_floor_and_exact_count(floor, sparsity):
+  state = _refreshed(optg.mask_transform(sparsity, 0.5, update_every=2,
+                                         min_kept_per_unit=floor))
+  masks = state.masks
+  assert count_kept(masks) == NUM_PRUNABLE - round(sparsity * NUM_PRUNABLE)
+  for kernel in (masks["conv"]["kernel"], masks["dense"]["kernel"]):
+    kept_per_unit = np.asarray(kernel).reshape(-1, kernel.shape[-1]).sum(0)
+    assert kept_per_unit.min() >= floor
+  # Each unit's floor is its best-scored inputs.
+  scores = np.asarray(state.scores["dense"]["kernel"])
+  dense = np.asarray(masks["dense"]["kernel"])
+  for unit in range(5):
+    best = np.argsort(-scores[:, unit], kind="stable")[:floor]
+    assert dense[best, unit].all()
+  # The rest are the global top-k of the remaining scores.
+  plain = _refreshed(optg.mask_transform(sparsity, 0.5, update_every=2))
+  assert jax.tree.leaves(plain.scores)[0].shape == (3, 3, 2, 4)
+  np.testing.assert_array_equal(plain.scores["dense"]["kernel"], scores)
+
+
+def test_min_kept_per_unit_matches_numpy_statement():
+  sparsity = 0.75
+  state = _refreshed(optg.mask_transform(sparsity, 0.5, update_every=2,
+                                         min_kept_per_unit=1))
+  flat, forced = [], []
+  for name in ("conv", "dense"):  # Leaf order.
+    s = np.asarray(state.scores[name]["kernel"])
+    f = np.zeros(s.shape, bool).reshape(-1, s.shape[-1])
+    f[np.argmax(s.reshape(-1, s.shape[-1]), axis=0), np.arange(s.shape[-1])] = True
+    flat.append(s.ravel())
+    forced.append(f.reshape(s.shape).ravel())
+  flat, forced = np.concatenate(flat), np.concatenate(forced)
+  k = NUM_PRUNABLE - round(sparsity * NUM_PRUNABLE)
+  rank = np.where(forced, np.inf, flat)
+  order = np.lexsort((np.arange(flat.size), -rank))  # Ties by position.
+  want = np.zeros(flat.size, bool)
+  want[order[:k]] = True
+  got = np.concatenate([np.asarray(state.masks[n]["kernel"]).ravel()
+                        for n in ("conv", "dense")])
+  np.testing.assert_array_equal(got, want)
+
+
+def test_layer_rms_normalisation_ranks_scaled_scores():
+  sparsity = 0.5
+  state = _refreshed(optg.mask_transform(sparsity, 0.5, update_every=2,
+                                         score_normalization="layer_rms"))
+  scaled = jax.tree.map(lambda s: s / jnp.sqrt(jnp.mean(s * s)),
+                        state.scores)
+  want = optg.topk_masks(scaled, sparsity)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(state.masks)):
+    np.testing.assert_array_equal(a, b)
+  # The scores themselves are those of the plain transform.
+  plain = _refreshed(optg.mask_transform(sparsity, 0.5, update_every=2))
+  for a, b in zip(jax.tree.leaves(plain.scores), jax.tree.leaves(
+      state.scores)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_variants_reach_magnitude_criterion_too():
+  params = make_params()
+  tx = optg.mask_transform(0.9, 0.0, criterion="magnitude",
+                           min_kept_per_unit=1)
+  _, state = tx.update(make_grads(0), tx.init(params), params)
+  for kernel in jax.tree.leaves(state.masks):
+    assert np.asarray(kernel).reshape(-1, kernel.shape[-1]).any(0).all()
+
+
+def test_variant_arguments_are_checked():
+  with pytest.raises(ValueError, match="score_normalization"):
+    optg.mask_transform(0.5, 0.1, score_normalization="layer")
+  with pytest.raises(ValueError, match="min_kept_per_unit"):
+    optg.mask_transform(0.5, 0.1, min_kept_per_unit=-1)
+  # 9 units x 2 > 11 kept at sparsity 0.9.
+  tx = optg.mask_transform(0.9, 0.1, min_kept_per_unit=2)
+  with pytest.raises(ValueError, match="keeps 18 weights, more than the 11"):
+    tx.init(make_params())
+  assert optg.forced_count(make_params(), 2) == 4 * 2 + 5 * 2 + 4 + 5

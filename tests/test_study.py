@@ -1,0 +1,203 @@
+"""The study command: method names, the plan, a two-run study end to end on
+generated Fashion-MNIST files (resumed, tables, plots), and the collapse
+guard's findings."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from optg_jax import study
+from optg_jax import train
+import idx_files
+import runs
+
+
+def test_parse_method_modifiers():
+  assert study.parse_method("optg") == {"method": "optg"}
+  assert study.parse_method("magnitude+every1") == {
+      "method": "magnitude", "update_every_steps": 1}
+  assert study.parse_method("optg+epoch+floor2+rms") == {
+      "method": "optg", "update_every_steps": 0, "min_kept_per_unit": 2,
+      "score_normalization": "layer_rms"}
+  for bad, match in (("sgd", "must start with"), ("optg+often", "modifier"),
+                     ("dense+every1", "no modifiers"),
+                     ("optg+every0", "N >= 1")):
+    with pytest.raises(study.StudyError, match=match):
+      study.parse_method(bad)
+
+
+def test_plan_runs_dense_once_per_seed():
+  plan = study.plan(["optg", "dense"], [0.9, 0.99], [0, 1])
+  assert plan == [study.Run("optg", 0.9, 0), study.Run("optg", 0.9, 1),
+                  study.Run("optg", 0.99, 0), study.Run("optg", 0.99, 1),
+                  study.Run("dense", 0.0, 0), study.Run("dense", 0.0, 1)]
+  with pytest.raises(study.StudyError, match="repeat"):
+    study.plan(["optg", "optg"], [0.9], [0])
+  with pytest.raises(study.StudyError, match=r"in \(0, 1\)"):
+    study.plan(["optg"], [1.0], [0])
+
+
+def test_aggregate_and_markdown():
+  rows = [dict(method="optg", sparsity=0.9, seed=s, eval_accuracy=a,
+               actual_sparsity=0.9, kept_params=10, sparse_macs=100,
+               dense_macs=1000, collapsed_layers=c, dead_units=0,
+               fatal_collapse=0, wall_time_s=1.0, steps=5, status="trained")
+          for s, a, c in ((0, 0.5, 0), (1, 0.7, 1))]
+  stats = study.aggregate(rows)
+  assert stats[("optg", 0.9)]["accuracy_mean"] == pytest.approx(0.6)
+  assert stats[("optg", 0.9)]["accuracy_std"] == pytest.approx(0.1)
+  assert stats[("optg", 0.9)]["collapsed_runs"] == 1
+  text = study.markdown(rows, "T", "python launch/study.py ...")
+  assert "| optg | 60.00 ± 10.00 |" in text
+  assert "python launch/study.py ..." in text
+
+
+def test_replace_section_keeps_the_rest():
+  doc = "intro\n<!-- study:a -->\nold\n<!-- /study:a -->\noutro\n"
+  new = study.replace_section(doc, "a", "new\n")
+  assert new == "intro\n<!-- study:a -->\nnew\n<!-- /study:a -->\noutro\n"
+  assert study.replace_section("intro\n", "b", "x\n").endswith(
+      "<!-- study:b -->\nx\n<!-- /study:b -->\n")
+
+
+def _study_command(workdir, data_dir, doc=None):
+  command = [
+      sys.executable, "launch/study.py", "--config=configs/fashion_mnist.py",
+      "--methods=optg+every2,dense", "--sparsities=0.9", "--seeds=0",
+      f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+      "--config.model=lenet_300_100", "--config.num_epochs=2",
+      "--config.warmup_epochs=0", "--config.batch_size=40",
+      "--config.eval_batch_size=20", "--config.beta=4",
+      "--config.log_every_steps=3", "--config.checkpoint_every_steps=4"]
+  if doc:
+    command += [f"--doc={doc}", "--section=tiny"]
+  return subprocess.run(command, cwd=runs.ROOT, capture_output=True,
+                        text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_run_study_end_to_end(tmp_path):
+  data_dir = str(tmp_path / "data")
+  idx_files.make_dataset(data_dir)
+  workdir = tmp_path / "study"
+  doc = tmp_path / "docs" / "RESULTS.md"
+  doc.parent.mkdir()
+  doc.write_text("# Results\n\nprose stays\n")
+  result = _study_command(workdir, data_dir, doc)
+  assert result.returncode == 0, result.stderr[-3000:]
+  progress = [l for l in result.stdout.splitlines() if l.startswith("[")]
+  assert len(progress) == 2
+  assert progress[0].startswith("[1/2] optg+every2 sparsity 0.9 seed 0: "
+                                "eval accuracy ")
+  assert "study ETA" in progress[0] and "(trained)" in progress[1]
+
+  with open(workdir / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["method"], r["sparsity"], r["seed"]) for r in rows] == [
+      ("optg+every2", "0.9", "0"), ("dense", "0.0", "0")]
+  summary = json.load(open(workdir / "runs" / "optg+every2" / "sparsity=0.9"
+                           / "seed=0" / "summary.json"))
+  assert float(rows[0]["eval_accuracy"]) == summary["eval_accuracy"]
+  assert int(rows[0]["sparse_macs"]) == summary["sparse_macs"]
+  assert float(rows[0]["actual_sparsity"]) == summary["sparsity"]
+  assert int(rows[1]["sparse_macs"]) == int(rows[1]["dense_macs"]) == 266_200
+  for name in study.PLOTS:
+    png = (workdir / name).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert (doc.parent / "img" / f"tiny_{name}").exists()
+  text = (workdir / "results.md").read_text()
+  assert "launch/study.py" in text and "| dense |" in text
+  document = doc.read_text()
+  assert document.startswith("# Results\n\nprose stays\n")
+  assert "<!-- study:tiny -->" in document and "img/tiny_" in document
+
+  # Again: nothing is retrained, the results are the same.
+  again = _study_command(workdir, data_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("(read back)") == 2
+  with open(workdir / "results.csv") as f:
+    assert [r["eval_accuracy"] for r in csv.DictReader(f)] == [
+        r["eval_accuracy"] for r in rows]
+
+
+def test_study_bad_method_is_one_error_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch/study.py", "--config=configs/quickstart.py",
+       "--methods=optg+sometimes", f"--workdir={tmp_path / 's'}"],
+      cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "sometimes" in errors[0]
+  assert not (tmp_path / "s").exists()
+
+
+def test_collapse_findings_say_what_is_fatal():
+  import optg_jax as optg  # pylint: disable=g-import-not-at-top
+  head = np.ones((6, 10), bool)
+  head[:, [3, 7]] = False  # Two classes without weights.
+  masks = {"stem": np.ones((3, 3, 1, 4), bool),
+           "branch": np.zeros((3, 3, 4, 4), bool), "head": head}
+  findings = train.collapse_findings(optg.sparsity_report(masks), "stem",
+                                     "head")
+  assert findings["collapsed_layers"] == ["branch"]
+  assert findings["dead_units"] == {"branch": 4, "head": 2}
+  assert findings["fatal"] == [
+      "2 classes have no kept weight in the classifier head"]
+  masks["stem"] = np.zeros((3, 3, 1, 4), bool)
+  findings = train.collapse_findings(optg.sparsity_report(masks), "stem",
+                                     "head")
+  assert findings["fatal"][0] == "the input layer stem has no kept weight"
+
+
+@pytest.mark.slow
+def test_collapse_is_reported_in_summary_table_and_log(tmp_path, caplog):
+  """LeNet-300-100 pruned to 99.8% by magnitude on tiny data: the input
+  layer (smaller initial weights than the others) loses every weight;
+  summary.json, sparsity.txt and the log say so, and call it fatal."""
+  data_dir = str(tmp_path / "data")
+  idx_files.make_dataset(data_dir)
+  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  config = fashion_mnist.get_config()
+  config.update(dict(
+      data_dir=data_dir, model="lenet_300_100", method="magnitude",
+      sparsity=0.998, num_epochs=2, warmup_epochs=0, batch_size=40,
+      eval_batch_size=20, beta=8.0, log_every_steps=2,
+      update_every_steps=2))
+  workdir = tmp_path / "run"
+  with caplog.at_level("WARNING"):
+    summary = train.train_and_evaluate(config, str(workdir))
+  assert summary["collapsed_layers"] == ["fc1/kernel"]
+  assert summary["layers"]["fc1/kernel"]["kept"] == 0
+  assert summary["dead_units"]["fc1/kernel"] == 300
+  assert ("the input layer fc1/kernel has no kept weight"
+          in summary["fatal_collapse"])
+  assert list(summary["layers"]) == ["fc1/kernel", "fc2/kernel",
+                                     "head/kernel"]
+  table = (workdir / "sparsity.txt").read_text()
+  assert "300/300 COLLAPSED" in table and "FATAL: the input layer" in table
+  warnings = [r.getMessage() for r in caplog.records
+              if "Mask refresh at step" in r.getMessage()]
+  assert warnings and "FATAL: the input layer fc1/kernel" in warnings[-1]
+  # With a floor of one input per unit nothing is cut off, same count.
+  config.min_kept_per_unit = 1
+  floor = train.train_and_evaluate(config, str(tmp_path / "floor"))
+  assert floor["dead_units"] == {} and floor["collapsed_layers"] == []
+  assert floor["fatal_collapse"] == []
+  assert floor["kept_params"] == summary["kept_params"]
+  assert "No layer collapsed" in (tmp_path / "floor" /
+                                  "sparsity.txt").read_text()
+
+
+def test_unit_floor_larger_than_target_is_a_config_error(tmp_path):
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.sparsity = 0.999  # Keeps 271 of 270,608; ResNet-20 has 794 units.
+  config.min_kept_per_unit = 1
+  with pytest.raises(train.ConfigError, match="min_kept_per_unit=1 keeps"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
