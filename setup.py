@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.15",
     "tensorflow-datasets>=4.9",
     "scikit-learn>=1.3",
+    "matplotlib>=3.7",  # The study command's plots.
 ]
 
 TESTS_REQUIRE = ["pytest>=7"]

@@ -42,18 +42,21 @@ def uniform_masks(params, sparsity):
 def human(count: int) -> str:
   if count >= 1e9:
     return f"{count / 1e9:.3f} G"
+  if count < 1e6:
+    return f"{count / 1e3:.1f} K"
   return f"{count / 1e6:.2f} M"
 
 
 def table_order(name):
-  """ImageNet models, then CIFAR ones; numbers compared as numbers."""
+  """ImageNet models, CIFAR ones, LeNets; numbers compared as numbers."""
   parts = re.split(r"(\d+)", name)
-  return (name.endswith("_cifar"),
+  return (name.endswith("_cifar") + 2 * name.startswith("lenet"),
           [int(p) if p.isdigit() else p for p in parts])
 
 
 def row(name, sparsity):
-  num_classes = 10 if name.endswith("_cifar") else 1000
+  num_classes = (10 if name.endswith("_cifar") or name.startswith("lenet")
+                 else 1000)
   model = models.create(name, num_classes)
   shape = models.default_input_shape(name)
   variables = jax.eval_shape(lambda: model.init(

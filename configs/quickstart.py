@@ -7,6 +7,27 @@ on 2 CPU cores:
 
 30 epochs with beta = 1: the final refresh falls short of the target by
 0.9 * sigmoid(-15), about 3e-7, well under 1e-3.
+
+Two departures from the reference's recipe, both measured in
+docs/RESULTS.md and chosen on 300 training digits held out for validation
+(`--config.validation_size=300`), never on the test digits:
+
+- The masks are refreshed every step (`update_every_steps = 1`), not once an
+  epoch. An epoch of the digits is 23 steps; the scores accumulated over so
+  few steps are mostly minibatch noise (median signal-to-noise ratio of
+  `G * W` per layer 0.6-1.0, the level of pure noise), and once an epoch the
+  refresh then prunes the small critical layers (the 144-weight stem, 1x1
+  shortcuts, the classifier) first and keeps them pruned for a whole epoch:
+  at 99% the reference cadence ends with classes that have no weight at all
+  (eval accuracy 0.33-0.61). Refreshed every step, a wrong cut lasts one
+  step and is undone by the next scores.
+- Every output unit keeps at least its best-scored input weight
+  (`min_kept_per_unit = 1`, an opt-in variant of `mask_transform`), so no
+  class, channel or layer is ever left without weights; the global count
+  stays exact.
+
+`--config.update_every_steps=0 --config.min_kept_per_unit=0` is the
+reference's recipe.
 """
 
 from configs import default
@@ -19,6 +40,8 @@ def get_config():
   config.dataset = "digits"
   config.sparsity = 0.9
   config.beta = 1.0
+  config.update_every_steps = 1  # See above; the reference: once an epoch.
+  config.min_kept_per_unit = 1  # See above; the reference: 0.
   config.num_epochs = 30
   config.warmup_epochs = 2
   config.batch_size = 64

@@ -36,8 +36,35 @@ flags.DEFINE_integer("record_every", 1, "Record every this many refreshes "
 flags.mark_flags_as_required(["config", "output"])
 
 
+def _overview(records, steps_per_epoch):
+  """One row per refresh: where the masks changed most, and the SNR."""
+  lines = ["| step | epoch | sparsity | train acc before | eval acc after | "
+           "median layer SNR | dead units | most pruned layers (pruned "
+           "fraction of the layer; pruned / regrown this refresh) |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in records:
+    layers = r["layers"]
+    snrs = [s["snr_p50"] for s in layers.values()
+            if s.get("snr_p50") is not None]
+    worst = sorted(layers.items(),
+                   key=lambda kv: -(1 - kv[1]["kept"] / kv[1]["total"]))[:3]
+    worst = "; ".join(
+        f"{n.replace('/kernel', '')} {1 - s['kept'] / s['total']:.0%} "
+        f"({s['pruned']}/{s['regrown']})" for n, s in worst
+        if s["kept"] < s["total"])
+    lines.append(
+        f"| {r['step']} | {r['step'] / steps_per_epoch:.1f} | "
+        f"{r['sparsity']:.4f} | {r['train_accuracy']:.3f} | "
+        f"{r['eval_accuracy']:.3f} | "
+        f"{np.median(snrs) if snrs else float('nan'):.2f} | "
+        f"{sum(s['dead_units'] for s in layers.values())} | {worst or '—'} |")
+  return "\n".join(lines) + "\n"
+
+
 def _table(records, steps_per_epoch):
-  lines = []
+  lines = ["## Refreshes at a glance", "", _overview(records,
+                                                    steps_per_epoch),
+           "## Per layer"]
   for r in records:
     lines.append(f"\n### Refresh at step {r['step']} (epoch "
                  f"{r['step'] / steps_per_epoch:.2f}): sparsity "
@@ -61,6 +88,9 @@ def _table(records, steps_per_epoch):
   return "\n".join(lines) + "\n"
 
 
+import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -68,7 +98,6 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   import optg_jax as optg  # pylint: disable=g-import-not-at-top
   from optg_jax import data  # pylint: disable=g-import-not-at-top

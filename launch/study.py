@@ -56,6 +56,7 @@ def _numbers(values, kind, name):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # One progress line per run.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   import jax  # pylint: disable=g-import-not-at-top
@@ -82,14 +83,20 @@ def main(argv):
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   title = FLAGS.title or f"{config.model} on {config.dataset}"
-  logging.set_verbosity(logging.WARNING)  # One progress line per run.
 
   def total_steps(run_config):
     r = train._Run(run_config)  # pylint: disable=protected-access
     return r.total_steps
 
-  rows = study.run_study(config, runs, workdir, train.train_and_evaluate,
-                         total_steps, progress=lambda s: print(s, flush=True))
+  try:
+    rows = study.run_study(config, runs, workdir, train.train_and_evaluate,
+                           total_steps,
+                           progress=lambda s: print(s, flush=True),
+                           stop_on=(train.Preempted, KeyboardInterrupt))
+  except train.Preempted as e:
+    print(f"{e}; the study stops here and the same command resumes it",
+          file=sys.stderr)
+    sys.exit(0)
   study.write_csv(os.path.join(workdir, "results.csv"), rows)
 
   sparse = [s for s in sparsities]
@@ -102,6 +109,7 @@ def main(argv):
     run = train._Run(study.run_config(config, first_sparse))  # pylint: disable=protected-access
     steps = np.arange(run.total_steps)
     schedules = {
+        "target": first_sparse.sparsity,
         "step": steps,
         "sparsity": np.asarray(jax.vmap(run.schedules.sparsity)(steps)),
         "mask_learning_rate": np.asarray(jax.vmap(

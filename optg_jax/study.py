@@ -32,7 +32,8 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import numpy as np
 
@@ -168,7 +169,8 @@ def _row(run: Run, summary: Optional[Dict[str, Any]], status: str):
 def run_study(base_config, runs: Sequence[Run], workdir: str,
               train_fn: Callable[[Any, str], Dict[str, Any]],
               total_steps: Callable[[Any], int],
-              progress: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+              progress: Callable[[str], None] = print,
+              stop_on: Tuple[type, ...] = ()) -> List[Dict[str, Any]]:
   """Runs (or reads back) every run of the study, in order.
 
   A run whose summary covers all its steps is read back; any other is
@@ -183,6 +185,9 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
     total_steps: `config -> number of training steps`, to tell a finished
       run from an interrupted one.
     progress: called with one line per run (and its ETA for the study).
+    stop_on: exceptions that stop the study instead of failing one run
+      (preemption: the run saved a checkpoint and the study resumes when
+      the same command runs again).
 
   Returns:
     One row per run (`RESULT_FIELDS`).
@@ -199,6 +204,8 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
       try:
         summary = train_fn(config, directory)
         status = "trained"
+      except stop_on:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         summary = None
         status = f"failed: {type(e).__name__}: {str(e).splitlines()[0]}"
@@ -209,10 +216,10 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
                if read_summary(run_dir(workdir, r)) is None)
     eta = (f", study ETA {_duration(spent / trained * left)}"
            if trained and left else "")
-    accuracy = (f"eval accuracy {summary['eval_accuracy']:.4f}, sparsity "
-                f"{summary['sparsity']:.4f}" if summary else status)
+    outcome = (f"eval accuracy {summary['eval_accuracy']:.4f}, sparsity "
+               f"{summary['sparsity']:.4f} ({status})" if summary else status)
     progress(f"[{i + 1}/{len(runs)}] {run.method} sparsity {run.sparsity:g} "
-             f"seed {run.seed}: {accuracy} ({status}){eta}")
+             f"seed {run.seed}: {outcome}{eta}")
   return rows
 
 
@@ -396,8 +403,8 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
                        rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("layer sparsity")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{title}: per-layer sparsity at {layer_sparsity:g} (seed "
-                 "of the first run)")
+    ax.set_title(f"{title}: layer sparsity at {layer_sparsity:g}",
+                 fontsize=10)
     ax.legend(fontsize=8)
     save(fig, "layer_sparsity.png")
 
@@ -416,7 +423,9 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
     handles2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8,
               loc="center left")
-    ax.set_title(f"{title}: schedules")
+    ax.set_title(f"{title}: schedules"
+                 + (f" (target {schedules['target']:g})"
+                    if "target" in schedules else ""), fontsize=10)
     ax.grid(alpha=0.3)
     save(fig, "schedules.png")
   return paths

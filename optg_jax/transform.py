@@ -127,7 +127,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    where: Optional[Where] = None,
                    criterion: str = "optg",
                    score_normalization: Optional[str] = None,
-                   min_kept_per_unit: int = 0
+                   min_kept_per_unit: Optional[int] = None
                    ) -> optax.GradientTransformation:
   """OptG: learns global top-k masks from accumulated gradient-driven scores.
 
@@ -163,7 +163,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       large only because their `G * W` is noisy (a small stem, 1x1
       shortcuts, the classifier) no longer dominate both tails. The scores
       themselves are unchanged.
-    min_kept_per_unit: opt-in, not in the paper. 0 (the paper) or a floor
+    min_kept_per_unit: opt-in, not in the paper. None or 0 (the paper; None
+      by default so that `optax.inject_hyperparams` leaves it static) or a floor
       `n`: every output unit (last kernel axis: a dense layer's output, a
       conv's output channel) keeps its `n` best-ranked input weights at
       every refresh, whatever the global ranking; the rest of the `k` kept
@@ -194,6 +195,12 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   if score_normalization not in SCORE_NORMALIZATIONS:
     raise ValueError(f"unknown score_normalization {score_normalization!r}; "
                      f"valid: {', '.join(map(repr, SCORE_NORMALIZATIONS))}")
+  if isinstance(min_kept_per_unit, (jax.Array, jax.core.Tracer)):
+    # optax.inject_hyperparams turns numeric arguments into arrays.
+    raise ValueError("min_kept_per_unit must be a static Python int; with "
+                     "optax.inject_hyperparams add 'min_kept_per_unit' to "
+                     "static_args")
+  min_kept_per_unit = min_kept_per_unit or 0
   if (not isinstance(min_kept_per_unit, int) or
       isinstance(min_kept_per_unit, bool) or min_kept_per_unit < 0):
     raise ValueError(f"min_kept_per_unit must be a non-negative integer, got "

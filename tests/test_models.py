@@ -166,7 +166,8 @@ def test_unknown_name_lists_the_valid_ones():
   with pytest.raises(ValueError, match="unknown model 'resnet9'.*resnet50"):
     models.create("resnet9", 10)
   assert models.names() == sorted(models.names())
-  assert len(models.names()) == 11
+  assert len(models.names()) == 13
+  assert {"lenet5", "lenet_300_100"} <= set(models.names())
 
 
 def test_default_input_shapes():

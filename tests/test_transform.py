@@ -378,3 +378,19 @@ def test_variant_arguments_are_checked():
   with pytest.raises(ValueError, match="keeps 18 weights, more than the 11"):
     tx.init(make_params())
   assert optg.forced_count(make_params(), 2) == 4 * 2 + 5 * 2 + 4 + 5
+
+
+def test_floor_through_inject_hyperparams_is_static():
+  make = lambda **kw: optax.inject_hyperparams(
+      optg.mask_transform, static_args=("update_every",) + tuple(kw))(
+          sparsity=0.9, mask_learning_rate=0.5, update_every=2,
+          min_kept_per_unit=1)
+  plain = optg.mask_transform(0.9, 0.5, update_every=2, min_kept_per_unit=1)
+  _, s1 = run_steps(plain)
+  _, s2 = run_steps(make(min_kept_per_unit=1))
+  for a, b in zip(jax.tree.leaves(optg.get_masks(s1)),
+                  jax.tree.leaves(optg.get_masks(s2))):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="add 'min_kept_per_unit' to "
+                     "static_args"):
+    make().init(make_params())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Regenerates docs/RESULTS.md's tables and docs/img/ from scratch: every
+# study of the page, in the order it was run. Each study is resumable: rerun
+# this script after an interruption and finished runs are read back.
+# Workdirs go to workdirs/ (ignored by git). About 2.5 hours on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S="python launch/study.py"
+DOC="--doc=docs/RESULTS.md"
+
+# 1. Diagnosis: what every refresh does (docs/diagnosis/*.md).
+for run in "digits_reference --config=configs/quickstart.py --config.update_every_steps=0 --config.min_kept_per_unit=0 --config.validation_size=300 --config.sparsity=0.99" \
+           "digits_quickstart --config=configs/quickstart.py --config.validation_size=300 --config.sparsity=0.99 --record_every=23" \
+           "mlp_reference --config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.learning_rate=0.02 --config.beta=2.5 --config.update_every_steps=0 --config.validation_size=5000 --config.sparsity=0.95" \
+           "mlp_every1 --config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.learning_rate=0.02 --config.beta=2.5 --config.update_every_steps=1 --config.validation_size=5000 --config.sparsity=0.95 --record_every=429"; do
+  set -- $run
+  name=$1; shift
+  python launch/diagnose.py "$@" --output="workdirs/diagnosis_$name"
+  mkdir -p docs/diagnosis
+  cp "workdirs/diagnosis_$name/refreshes.md" "docs/diagnosis/$name.md"
+done
+
+# 2. Recipe selection on validation splits.
+$S --config=configs/quickstart.py --config.update_every_steps=0 \
+   --config.min_kept_per_unit=0 --config.validation_size=300 \
+   --methods=optg+epoch,optg+epoch+floor1,optg+every1,optg+every1+floor1 \
+   --sparsities=0.95,0.99 --seeds=0,1 --workdir=workdirs/select_digits \
+   --title="ResNet-20, digits validation" $DOC --section=select_digits
+$S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
+   --config.validation_size=5000 \
+   --methods=optg,optg+floor1,optg+epoch,magnitude,magnitude+epoch \
+   --sparsities=0.95,0.99 --seeds=0,1 \
+   --workdir=workdirs/select_mlp_final_recipe \
+   --title="LeNet-300-100, Fashion-MNIST validation" $DOC \
+   --section=select_fashion
+
+# 3. Test results with the chosen recipes.
+$S --config=configs/quickstart.py \
+   --methods=optg,optg+epoch+floor0,magnitude,dense \
+   --sparsities=0.9,0.95,0.98,0.99 --seeds=0,1,2 --workdir=workdirs/digits \
+   --title="ResNet-20 on digits (quick start recipe)" $DOC --section=digits
+$S --config=configs/fashion_mnist.py --methods=optg,magnitude,dense \
+   --sparsities=0.95,0.99 --seeds=0,1,2 --workdir=workdirs/fashion_lenet5 \
+   --title="LeNet-5 on Fashion-MNIST" $DOC --section=fashion_lenet5
+$S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
+   --methods=optg,optg+epoch,magnitude,dense \
+   --sparsities=0.9,0.95,0.98,0.99 --seeds=0,1,2 \
+   --workdir=workdirs/fashion_mlp --title="LeNet-300-100 on Fashion-MNIST" \
+   $DOC --section=fashion_mlp
