@@ -1,0 +1,62 @@
+"""Refresh statistics (optg_jax/diagnostics.py) and launch/diagnose.py."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from optg_jax import diagnostics
+import runs
+
+
+def test_refresh_stats_counts_and_values():
+  old = {"a": np.array([[1, 1], [0, 0]], bool), "b": None}
+  new = {"a": np.array([[1, 0], [1, 0]], bool), "b": None}
+  params = {"a": np.array([[2.0, -3.0], [-4.0, 5.0]]), "b": np.ones(2)}
+  scores = {"a": np.array([[1.0, 2.0], [3.0, 4.0]]), "b": None}
+  # Weight (0, 0): +1 on each of 4 steps (a signal); (0, 1): +1, -1, +1, -1.
+  sums = {"a": np.array([[4.0, 0.0], [1.0, 1.0]]), "b": None}
+  sumsq = {"a": np.array([[4.0, 4.0], [1.0, 1.0]]), "b": None}
+  stats = diagnostics.refresh_stats(old, new, params, scores, sums, sumsq)
+  assert list(stats) == ["a"]
+  a = stats["a"]
+  assert (a["kept"], a["total"], a["pruned"], a["regrown"]) == (2, 4, 1, 1)
+  assert a["dead_units"] == 1  # Output unit 1 keeps no input.
+  assert a["regrown_abs_w"] == 4.0 and a["kept_abs_w"] == 2.0
+  assert a["score"]["p50"] == pytest.approx(2.5)
+  # SNR per weight: 4/2 = 2, 0/2 = 0, 1, 1: median 1.
+  assert a["snr_p50"] == pytest.approx(1.0)
+
+
+def test_snr_of_noise_is_near_the_noise_level():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((100, 5000))  # 100 steps of pure noise.
+  mask = {"w": np.ones((1, 5000), bool)}
+  stats = diagnostics.refresh_stats(
+      mask, mask, {"w": np.ones((1, 5000))},
+      criterion_sum={"w": x.sum(0)[None]},
+      criterion_sumsq={"w": (x * x).sum(0)[None]})
+  assert abs(stats["w"]["snr_p50"] - diagnostics.NOISE_ONLY_SNR) < 0.03
+
+
+@pytest.mark.slow
+def test_diagnose_writes_a_record_per_refresh(tmp_path):
+  out = tmp_path / "diag"
+  result = subprocess.run(
+      [sys.executable, "launch/diagnose.py", "--config=configs/quickstart.py",
+       f"--output={out}", "--config.num_epochs=2",
+       "--config.warmup_epochs=0", "--config.update_every_steps=5",
+       "--config.sparsity=0.8", "--config.beta=4", "--record_every=2"],
+      cwd=runs.ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = json.load(open(out / "refreshes.json"))["refreshes"]
+  # 46 steps: refreshes at steps 5, 10, ..., 45; every second recorded.
+  assert [r["step"] for r in records] == [10, 20, 30, 40]
+  for r in records:
+    assert set(r["layers"]) >= {"conv_init/kernel", "head/kernel"}
+    kept = sum(l["kept"] for l in r["layers"].values())
+    total = sum(l["total"] for l in r["layers"].values())
+    assert r["sparsity"] == pytest.approx(1 - kept / total)
+  assert "## Refreshes at a glance" in (out / "refreshes.md").read_text()
