@@ -402,10 +402,11 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
     ax.set_xticklabels([n.replace("/kernel", "") for n in names],
                        rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("layer sparsity")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(f"{title}: layer sparsity at {layer_sparsity:g}",
                  fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", ncol=len(layers))
     save(fig, "layer_sparsity.png")
 
   if schedules is not None:
