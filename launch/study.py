@@ -74,8 +74,8 @@ def main(argv):
   try:
     runs = study.plan(FLAGS.methods, sparsities, seeds)
     # Every run's config is checked before anything is written.
-    for run in runs:
-      train._Run(study.run_config(config, run))  # pylint: disable=protected-access
+    checked = {run: train._Run(study.run_config(config, run))  # pylint: disable=protected-access
+               for run in runs}
   except (study.StudyError, train.ConfigError, data.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -84,13 +84,9 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   title = FLAGS.title or f"{config.model} on {config.dataset}"
 
-  def total_steps(run_config):
-    r = train._Run(run_config)  # pylint: disable=protected-access
-    return r.total_steps
-
   try:
     rows = study.run_study(config, runs, workdir, train.train_and_evaluate,
-                           total_steps,
+                           lambda run: checked[run].total_steps,
                            progress=lambda s: print(s, flush=True),
                            stop_on=(train.Preempted, KeyboardInterrupt))
   except train.Preempted as e:
@@ -99,14 +95,14 @@ def main(argv):
     sys.exit(0)
   study.write_csv(os.path.join(workdir, "results.csv"), rows)
 
-  sparse = [s for s in sparsities]
-  layer_sparsity = FLAGS.layer_sparsity or (max(sparse) if sparse else None)
+  layer_sparsity = FLAGS.layer_sparsity or (max(sparsities) if sparsities
+                                            else None)
   layers = (study.layer_table(workdir, runs, layer_sparsity)
             if layer_sparsity else None)
   schedules = None
   first_sparse = next((r for r in runs if r.method != "dense"), None)
   if first_sparse is not None:
-    run = train._Run(study.run_config(config, first_sparse))  # pylint: disable=protected-access
+    run = checked[first_sparse]
     steps = np.arange(run.total_steps)
     schedules = {
         "target": first_sparse.sparsity,

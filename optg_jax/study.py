@@ -168,7 +168,7 @@ def _row(run: Run, summary: Optional[Dict[str, Any]], status: str):
 
 def run_study(base_config, runs: Sequence[Run], workdir: str,
               train_fn: Callable[[Any, str], Dict[str, Any]],
-              total_steps: Callable[[Any], int],
+              total_steps: Callable[[Run], int],
               progress: Callable[[str], None] = print,
               stop_on: Tuple[type, ...] = ()) -> List[Dict[str, Any]]:
   """Runs (or reads back) every run of the study, in order.
@@ -182,7 +182,7 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
     runs: from `plan`.
     workdir: the study's directory.
     train_fn: `train_and_evaluate`.
-    total_steps: `config -> number of training steps`, to tell a finished
+    total_steps: `run -> its number of training steps`, to tell a finished
       run from an interrupted one.
     progress: called with one line per run (and its ETA for the study).
     stop_on: exceptions that stop the study instead of failing one run
@@ -197,7 +197,8 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
     directory = run_dir(workdir, run)
     config = run_config(base_config, run)
     summary = read_summary(directory)
-    done = summary is not None and summary.get("steps") == total_steps(config)
+    done = (summary is not None and
+            summary.get("steps") == total_steps(run))
     status = "read back"
     if not done:
       start = time.time()

@@ -326,3 +326,17 @@ def test_unknown_dataset_and_bad_batch_sizes():
     data.steps_per_epoch(digits_config(batch_size=2048))
   with pytest.raises(ValueError, match="start_step"):
     data.train_iterator(digits_config(), start_step=-1, local_device_count=1)
+
+
+def test_digits_validation_is_held_out_of_training():
+  config = quickstart.get_config()
+  config.validation_size = 300
+  info = data.dataset_info(config)
+  assert (info.num_train, info.num_eval) == (1200, 300)
+  train = digits.load_split("train", 300).images.reshape(1200, -1)
+  val = digits.load_split("test", 300).images.reshape(300, -1)
+  rows = lambda a: {r.tobytes() for r in a}
+  assert not rows(train) & rows(val)
+  # Stratified: 30 of each class (the 1500 training digits are ~150 each).
+  counts = np.bincount(digits.load_split("test", 300).labels, minlength=10)
+  assert counts.sum() == 300 and counts.min() >= 29 and counts.max() <= 31

@@ -201,3 +201,29 @@ def test_unit_floor_larger_than_target_is_a_config_error(tmp_path):
   with pytest.raises(train.ConfigError, match="min_kept_per_unit=1 keeps"):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_run_study_records_failures_and_stops_on_preemption(tmp_path):
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  plan = study.plan(["optg"], [0.9, 0.99], [0])
+  calls = []
+
+  def fails(config, directory):
+    calls.append((config.sparsity, directory))
+    raise RuntimeError("no luck\nsecond line")
+
+  rows = study.run_study(quickstart.get_config(), plan, str(tmp_path), fails,
+                         lambda run: 10, progress=lambda line: None)
+  assert [r["status"] for r in rows] == ["failed: RuntimeError: no luck"] * 2
+  assert calls[1] == (0.99, study.run_dir(str(tmp_path), plan[1]))
+
+  class Stop(Exception):
+    pass
+
+  def preempted(config, directory):
+    raise Stop()
+
+  with pytest.raises(Stop):
+    study.run_study(quickstart.get_config(), plan, str(tmp_path), preempted,
+                    lambda run: 10, progress=lambda line: None,
+                    stop_on=(Stop,))
