@@ -10,12 +10,18 @@ with `--config.validation_size=5000` (5,000 training images held out and
 evaluated on), never on the test split; see docs/RESULTS.md.
 """
 
+import ml_collections
+
 from configs import default
 
 
 def get_config():
   """LeNet-5, Fashion-MNIST, OptG to 95% sparsity."""
   config = default.get_config()
+  # Not a recipe of the paper: optax's per-step warm-up and cosine, and the
+  # models' own initialisation.
+  config.lr_schedule = "warmup_cosine"
+  config.model_kwargs = ml_collections.ConfigDict()
   config.model = "lenet5"
   config.dataset = "fashion_mnist"
   config.data_dir = "/usr/share/datasets/fashion-mnist"

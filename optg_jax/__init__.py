@@ -6,6 +6,7 @@ TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
 
 from optg_jax.report import sparsity_report
 from optg_jax.report import sparsity_table
+from optg_jax.schedules import epochwise_cosine_schedule
 from optg_jax.schedules import final_sparsity_shortfall
 from optg_jax.schedules import sigmoid_sparsity_schedule
 from optg_jax.schedules import supermask_learning_rate
@@ -27,6 +28,7 @@ __all__ = (
     "OptGState",
     "SCORE_NORMALIZATIONS",
     "apply_masks",
+    "epochwise_cosine_schedule",
     "final_sparsity_shortfall",
     "forced_count",
     "get_masks",

@@ -1,9 +1,11 @@
-"""Schedules of OptG's "supermask optimizer": sparsity and mask learning rate.
+"""Schedules of OptG: sparsity, mask learning rate, the reference's lr.
 
 Sparsity rises along a sigmoid centred on the middle of training, in whole
 epochs: `s(t) = P * sigmoid(beta * (floor(t / steps_per_epoch) - E / 2))`.
 The scores' learning rate follows the weights' one, scaled by how far pruning
-has gone: `mask_lr(t) = lr(t) * s(t) / P`.
+has gone: `mask_lr(t) = lr(t) * s(t) / P`. The weights' learning rate of the
+paper's recipes is `epochwise_cosine_schedule`: set once per epoch, a linear
+warm-up then a cosine over all the epochs.
 """
 
 from typing import Callable, Union
@@ -82,6 +84,60 @@ def final_sparsity_shortfall(target: float, total_epochs: int,
     The shortfall, a Python float.
   """
   return float(target / (1.0 + np.exp(beta * total_epochs / 2)))
+
+
+def epochwise_cosine_schedule(base_lr: float,
+                              total_epochs: int,
+                              steps_per_epoch: int,
+                              warmup_epochs: int = 5) -> Schedule:
+  """The reference's learning rate: set once per epoch, warm-up then cosine.
+
+  With `e = floor(step / steps_per_epoch)`:
+
+    lr(e) = base_lr * (e + 1) / warmup_epochs          if e < warmup_epochs
+    lr(e) = 0.5 * base_lr * (1 + cos(pi * e / E))      otherwise
+
+  so epoch 0 already runs at `base_lr / warmup_epochs`, and the cosine runs
+  over all `E = total_epochs` epochs (it is not shifted by the warm-up: the
+  first epoch after the warm-up starts below `base_lr`). The value is
+  constant within an epoch. Steps past the last epoch give 0 (the epoch is
+  clipped to `E`, where the cosine reaches 0). Compared with optax's per-step
+  `warmup_cosine_decay_schedule` over the same epochs, it integrates to a few
+  percent less (about 3% over the 100 epochs of ResNet-50).
+
+  Args:
+    base_lr: the peak learning rate.
+    total_epochs: the number of training epochs `E`.
+    steps_per_epoch: optimizer steps per epoch.
+    warmup_epochs: the warm-up epochs `W`, in [0, total_epochs).
+
+  Returns:
+    A jit-traceable schedule `step -> learning rate` (float32 scalar).
+  """
+  _check_positive_int(total_epochs, "total_epochs")
+  _check_positive_int(steps_per_epoch, "steps_per_epoch")
+  if (not isinstance(warmup_epochs, (int, np.integer)) or
+      isinstance(warmup_epochs, bool) or
+      not 0 <= warmup_epochs < total_epochs):
+    raise ValueError(f"warmup_epochs must be an integer in [0, total_epochs="
+                     f"{total_epochs}), got {warmup_epochs!r}")
+  if (not isinstance(base_lr, (int, float, np.number)) or
+      isinstance(base_lr, bool) or not np.isfinite(base_lr) or base_lr < 0):
+    raise ValueError(f"base_lr must be a non-negative number, got "
+                     f"{base_lr!r}")
+
+  def schedule(step):
+    epoch = jnp.minimum(
+        jnp.floor_divide(jnp.asarray(step, jnp.int32), steps_per_epoch),
+        total_epochs)
+    e = epoch.astype(jnp.float32)
+    cosine = 0.5 * base_lr * (1.0 + jnp.cos(jnp.pi * e / total_epochs))
+    if warmup_epochs:
+      warmup = base_lr * (e + 1.0) / warmup_epochs
+      cosine = jnp.where(epoch < warmup_epochs, warmup, cosine)
+    return cosine.astype(jnp.float32)
+
+  return schedule
 
 
 def as_schedule(value: ScalarOrSchedule) -> Schedule:

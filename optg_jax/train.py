@@ -40,6 +40,9 @@ from optg_jax import flops
 from optg_jax import models
 
 METHODS = ("optg", "magnitude", "dense")
+LR_SCHEDULES = ("epochwise_cosine", "warmup_cosine")
+# ImageNet training crops (optg_jax.data.imagenet); other datasets ignore it.
+AUGMENTATIONS = ("torchvision", "inception")
 
 
 class ConfigError(ValueError):
@@ -111,6 +114,18 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.warmup_epochs < 0 or config.warmup_epochs >= config.num_epochs:
     fail(f"warmup_epochs must be in [0, num_epochs), got "
          f"{config.warmup_epochs!r}")
+  lr_schedule = config.get("lr_schedule", "warmup_cosine")
+  if lr_schedule not in LR_SCHEDULES:
+    fail(f"unknown lr_schedule {lr_schedule!r}; valid: "
+         f"{', '.join(LR_SCHEDULES)}")
+  if lr_schedule == "epochwise_cosine" and not isinstance(
+      config.warmup_epochs, int):
+    fail(f"lr_schedule 'epochwise_cosine' needs whole warmup_epochs, got "
+         f"{config.warmup_epochs!r}")
+  augmentation = config.get("augmentation", "inception")
+  if augmentation not in AUGMENTATIONS:
+    fail(f"unknown augmentation {augmentation!r}; valid: "
+         f"{', '.join(AUGMENTATIONS)}")
   if config.beta <= 0:
     fail(f"beta must be positive, got {config.beta!r}")
   normalization = config.get("score_normalization", "") or None
@@ -152,15 +167,26 @@ class Schedules(flax.struct.PyTreeNode):
 
 
 def create_schedules(config, steps_per_epoch: int) -> Schedules:
-  """Warm-up + cosine learning rate, sigmoid sparsity, coupled mask lr."""
+  """Warm-up + cosine learning rate, sigmoid sparsity, coupled mask lr.
+
+  `config.lr_schedule` "epochwise_cosine" is the reference's learning rate,
+  set once per epoch (`optg.epochwise_cosine_schedule`); "warmup_cosine" is
+  optax's per-step linear warm-up from 0 and a cosine over the remaining
+  steps. The mask learning rate follows the chosen one.
+  """
   base_lr = config.learning_rate
   if config.lr_reference_batch_size:
     base_lr = base_lr * config.batch_size / config.lr_reference_batch_size
   total_steps = config.num_epochs * steps_per_epoch
-  warmup_steps = int(config.warmup_epochs * steps_per_epoch)
-  learning_rate = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
-      decay_steps=total_steps, end_value=0.0)
+  if config.get("lr_schedule", "warmup_cosine") == "epochwise_cosine":
+    learning_rate = optg.epochwise_cosine_schedule(
+        base_lr, config.num_epochs, steps_per_epoch,
+        warmup_epochs=config.warmup_epochs)
+  else:
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
+        decay_steps=total_steps, end_value=0.0)
   if config.method == "dense":
     sparsity = lambda step: jnp.float32(0.0)
     mask_lr = lambda step: jnp.float32(0.0)
@@ -310,9 +336,16 @@ def train_step(state: TrainState, batch, *, model, tx, config,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, model, config):
-  """Sums of loss, top-1 and top-5 hits over the real (unpadded) examples."""
-  masked = masked_params(config, state.params, state.opt_state)
+def eval_step(state: TrainState, masks, batch, *, model, config):
+  """Sums of loss, top-1 and top-5 hits over the real (unpadded) examples.
+
+  The weights are masked with `masks` (None: a dense run), which need not be
+  the state's: an evaluation between epochs uses the masks the epoch trained
+  with, not those the refresh after its last step has just drawn.
+  """
+  del config
+  masked = state.params if masks is None else optg.apply_masks(state.params,
+                                                               masks)
   logits = model.apply({"params": masked, "batch_stats": state.batch_stats},
                        batch["image"], train=False)
   logits = logits.astype(jnp.float32)
@@ -440,21 +473,89 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
   manager.wait_until_finished()
 
 
-def evaluate(p_eval_step, state, config, local_device_count: int):
-  """Loss, top-1 and top-5 over the whole eval split (every process)."""
+def evaluate(p_eval_step, state, masks, config, local_device_count: int):
+  """Loss, top-1 and top-5 over the whole eval split (every process).
+
+  Args:
+    p_eval_step: the pmapped `eval_step`.
+    state: the replicated state (weights and batch statistics).
+    masks: the replicated masks to evaluate with; None for a dense run.
+    config: the run's config.
+    local_device_count: devices of this process.
+
+  Returns:
+    `eval_loss`, `eval_accuracy`, `eval_top5_accuracy`, `eval_examples` and,
+    with masks, `eval_sparsity` (the sparsity of `masks`).
+  """
   totals = None
   for batch in data.eval_iterator(config, process_index=jax.process_index(),
                                   process_count=jax.process_count(),
                                   local_device_count=local_device_count):
-    sums = p_eval_step(state, batch)
+    sums = p_eval_step(state, masks, batch)
     sums = jax.tree.map(lambda x: float(x[0]), sums)
     totals = sums if totals is None else jax.tree.map(
         lambda a, b: a + b, totals, sums)
   count = totals["count"]
-  return {"eval_loss": totals["loss"] / count,
-          "eval_accuracy": totals["top1"] / count,
-          "eval_top5_accuracy": totals["top5"] / count,
-          "eval_examples": int(count)}
+  metrics = {"eval_loss": totals["loss"] / count,
+             "eval_accuracy": totals["top1"] / count,
+             "eval_top5_accuracy": totals["top5"] / count,
+             "eval_examples": int(count)}
+  if masks is not None:
+    leaves = [np.asarray(x[0]) for x in jax.tree.leaves(masks)]
+    total = sum(x.size for x in leaves)
+    metrics["eval_sparsity"] = 1.0 - sum(
+        int(np.count_nonzero(x)) for x in leaves) / max(total, 1)
+  return metrics
+
+
+EVAL_FIGURES = ("eval_accuracy", "eval_top5_accuracy", "eval_loss",
+                "eval_sparsity")
+
+
+class EvalHistory:
+  """Every evaluation of a run, kept in `WORKDIR/evaluations.json`.
+
+  An evaluation between epochs (`masks: "trained"`) uses the masks the
+  epoch trained with, as the reference's per-epoch validation does; the
+  evaluation at the end of the run (`masks: "final"`) uses `get_masks`,
+  the masks of the last refresh, i.e. the model the run ships. The best
+  evaluation (highest top-1, the earliest on ties) is the reference's
+  `best_acc1`. The file survives preemption; a resumed run drops the
+  evaluations after its checkpoint (it computes them again).
+  """
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = os.path.join(workdir, "evaluations.json")
+    self.records = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.records = [r for r in json.load(f)
+                        if r["step"] <= start_step and r["masks"] == "trained"]
+
+  def add(self, step: int, epoch: float, masks: str, metrics) -> Dict:
+    record = {"step": int(step), "epoch": float(epoch), "masks": masks,
+              **{k: float(metrics[k]) for k in EVAL_FIGURES if k in metrics}}
+    self.records = [r for r in self.records
+                    if (r["step"], r["masks"]) != (step, masks)] + [record]
+    if jax.process_index() == 0:
+      with open(self.path + ".tmp", "w") as f:
+        json.dump(self.records, f, indent=1)
+      os.replace(self.path + ".tmp", self.path)
+    return record
+
+  def best(self) -> Optional[Dict]:
+    if not self.records:
+      return None
+    return max(self.records, key=lambda r: (r["eval_accuracy"], -r["step"]))
+
+  def summary(self) -> Dict[str, Any]:
+    best = self.best()
+    if best is None:
+      return {}
+    return {"best_eval_accuracy": best["eval_accuracy"],
+            "best_eval_step": best["step"],
+            "best_eval_masks": best["masks"],
+            "evaluations": self.records}
 
 
 def collapse_findings(report, input_layer: Optional[str],
@@ -623,6 +724,7 @@ class _Run:
     self.tx = create_optimizer(config, self.schedules, self.steps_per_epoch)
     self.model = create_model(config, self.info.num_classes)
     self._check_unit_floor()
+    self._p_masks = None
 
   def _check_unit_floor(self):
     """min_kept_per_unit must leave room within the target's kept count."""
@@ -656,6 +758,30 @@ class _Run:
         functools.partial(eval_step, model=self.model, config=self.config),
         axis_name="batch")
     return p_train, p_eval
+
+  def masks_in_force(self, state):
+    """A copy of the replicated masks the next step trains with, or None.
+
+    A copy, because the train step donates the state's buffers.
+    """
+    if self.config.method == "dense":
+      return None
+    if self._p_masks is None:
+      self._p_masks = jax.pmap(lambda s: jax.tree.map(
+          jnp.copy, optg.get_masks(s.opt_state)))
+    return self._p_masks(state)
+
+  def eval_due(self, done: int) -> bool:
+    """Whether an evaluation between epochs follows step `done`.
+
+    Every `eval_every_epochs` epochs, and at the end of training (then
+    besides the final evaluation); never with `eval_every_epochs=0`.
+    """
+    every = self.config.eval_every_epochs
+    if not every:
+      return False
+    epoch, within = divmod(done, self.steps_per_epoch)
+    return done == self.total_steps or (within == 0 and epoch % every == 0)
 
 
 def replica_fingerprints(state: TrainState) -> list:
@@ -744,11 +870,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                          update_every_steps(config, run.steps_per_epoch))
   p_train, p_eval = run.pmapped_steps()
   state = replicate(jax.device_get(state))
+  history = EvalHistory(workdir, start_step)
 
   if config.eval_only:
-    eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
+    eval_metrics = evaluate(p_eval, state, run.masks_in_force(state), config,
+                            run.local_device_count)
     summary, table = _summary(run, jax.device_get(
         jax_utils.unreplicate(state)), eval_metrics, time.time() - start_time)
+    summary.update(_best_of(run, history, eval_metrics, start_step))
     _write_outputs(workdir, summary, table)
     return summary
 
@@ -779,9 +908,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with _SigtermFlag() as sigterm:
     for step in range(start_step, run.total_steps):
       batch = next(train_iter)
+      done = step + 1
+      # The masks this step trains with, for an evaluation after it.
+      trained_masks = run.masks_in_force(state) if run.eval_due(done) else None
       state, metrics = p_train(state, batch)
       train_metrics.append(metrics)
-      done = step + 1
       for hook in hooks:
         hook(done)
       at_log = done % config.log_every_steps == 0 or done == run.total_steps
@@ -789,6 +920,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         _check_finite_and_log(writer, train_metrics, done, state, config,
                               watch=watch)
         train_metrics = []
+      if run.eval_due(done):
+        # Before a SIGTERM stops the run: the masks it needs are in no
+        # checkpoint.
+        _epoch_evaluation(run, state, trained_masks, p_eval, writer, history,
+                          done)
+      del trained_masks
       if sigterm.agreed(at_log):
         _check_finite_and_log(writer, train_metrics, done, state, config,
                               write=False)
@@ -796,7 +933,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           save_checkpoint(manager, state)
         writer.flush()
         raise Preempted(done)
-      last_saved = _periodic_work(run, state, p_eval, writer, manager, done,
+      last_saved = _periodic_work(run, state, writer, manager, done,
                                   last_saved, train_metrics)
 
   if train_metrics:
@@ -804,8 +941,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           config, watch=watch)
   if last_saved != int(jax_utils.unreplicate(state.step)):
     save_checkpoint(manager, state)
-  eval_metrics = evaluate(p_eval, state, config, run.local_device_count)
-  writer.write_scalars(run.total_steps, eval_metrics)
+  # The model the run ships: the masks of the last refresh (get_masks).
+  final_masks = run.masks_in_force(state)
+  logging.info("Final evaluation with the masks of the last refresh "
+               "(get_masks(state): the model this run ships)")
+  eval_metrics = evaluate(p_eval, state, final_masks, config,
+                          run.local_device_count)
+  writer.write_scalars(run.total_steps, {
+      "final_" + k: v for k, v in eval_metrics.items()})
   fingerprints = replica_fingerprints(state)
   if len(set(fingerprints)) > 1:
     logging.error("The replicas of the model differ at the end of the run: "
@@ -813,27 +956,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state_host = jax.device_get(jax_utils.unreplicate(state))
   summary, table = _summary(run, state_host, eval_metrics,
                             time.time() - start_time)
+  summary.update(_best_of(run, history, eval_metrics, run.total_steps))
   summary["replicas_identical"] = len(set(fingerprints)) == 1
   summary["replica_fingerprints"] = fingerprints
-  writer.write_scalars(run.total_steps, {"actual_sparsity":
-                                         summary["sparsity"]})
+  writer.write_scalars(run.total_steps, {
+      "actual_sparsity": summary["sparsity"],
+      "best_eval_accuracy": summary["best_eval_accuracy"]})
   writer.flush()
   _write_outputs(workdir, summary, table)
   logging.info("Done: %s", json.dumps(summary))
   return summary
 
 
-def _periodic_work(run, state, p_eval, writer, manager, done, last_saved,
+def _epoch_evaluation(run, state, trained_masks, p_eval, writer, history,
+                      done):
+  """Evaluates with the masks the finished epoch trained with; records it."""
+  metrics = evaluate(p_eval, state, trained_masks, run.config,
+                     run.local_device_count)
+  history.add(done, done / run.steps_per_epoch, "trained", metrics)
+  best = history.best()
+  writer.write_scalars(done, {**{k: v for k, v in metrics.items()
+                                 if k != "eval_examples"},
+                              "best_eval_accuracy": best["eval_accuracy"]})
+  logging.info("Evaluation at step %d (epoch %.2f) with the masks it trained "
+               "with: accuracy %.4f, loss %.4f; best %.4f at step %d", done,
+               done / run.steps_per_epoch, metrics["eval_accuracy"],
+               metrics["eval_loss"], best["eval_accuracy"], best["step"])
+
+
+def _best_of(run, history: EvalHistory, final_metrics,
+             step: int) -> Dict[str, Any]:
+  """summary.json's best evaluation and the list of all of them."""
+  history.add(step, step / run.steps_per_epoch, "final", final_metrics)
+  return history.summary()
+
+
+def _periodic_work(run, state, writer, manager, done, last_saved,
                    train_metrics) -> int:
-  """Evaluation and checkpoints inside the loop; returns the last saved step."""
+  """Checkpoints inside the loop; returns the last saved step."""
   config = run.config
   if done >= run.total_steps:
-    return last_saved  # The end of the run evaluates and saves.
-  epoch, within = divmod(done, run.steps_per_epoch)
-  if config.eval_every_epochs and within == 0 and (
-      epoch % config.eval_every_epochs == 0):
-    writer.write_scalars(done, evaluate(p_eval, state, config,
-                                        run.local_device_count))
+    return last_saved  # The end of the run saves.
   if done % config.checkpoint_every_steps == 0:
     _check_finite_and_log(writer, train_metrics, done, state, config,
                           write=False)

@@ -31,7 +31,8 @@ TINY = {
 # Figures of summary.json that a run must reproduce exactly.
 EXACT_FIGURES = ("eval_accuracy", "eval_loss", "eval_top5_accuracy",
                  "eval_examples", "sparsity", "kept_params", "sparse_macs",
-                 "dense_macs", "steps", "replica_fingerprints")
+                 "dense_macs", "steps", "replica_fingerprints",
+                 "best_eval_accuracy", "best_eval_step", "evaluations")
 
 
 def tiny_config(**overrides):

@@ -65,6 +65,49 @@ def test_short_run_writes_summary_and_table(finished_run):
       summary["steps"])))
 
 
+def _evaluate(config, workdir, step, masks_of):
+  """Evaluates the checkpoint of `step` with `masks_of(host_state)`."""
+  run = train._Run(config)  # pylint: disable=protected-access
+  manager = train.checkpoint_manager(workdir, config)
+  state = manager.restore(step, args=train.ocp.args.StandardRestore(
+      run.initial_state()))
+  _, p_eval = run.pmapped_steps()
+  masks = train.replicate(masks_of(state))
+  return train.evaluate(p_eval, train.replicate(state), masks, config,
+                        jax.local_device_count())
+
+
+@pytest.mark.slow
+def test_epoch_evaluation_uses_the_masks_the_epoch_trained_with(tmp_path):
+  # Masks refreshed once an epoch: epoch 0 trains with the initial masks
+  # (all kept); the refresh after its last step draws masks at s(1) = 0.4.
+  config = tiny_config(update_every_steps=0, checkpoint_every_steps=23)
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(config, workdir)
+  first, second, final = summary["evaluations"]
+  assert (first["step"], first["masks"]) == (23, "trained")
+  assert (second["step"], second["masks"]) == (46, "trained")
+  assert (final["step"], final["masks"]) == (46, "final")
+  assert first["eval_sparsity"] == 0.0
+  all_kept = lambda state: jax.tree.map(lambda m: np.ones_like(m, bool),
+                                        optg.get_masks(state.opt_state))
+  trained = _evaluate(config, workdir, 23, all_kept)
+  refreshed = _evaluate(config, workdir, 23,
+                        lambda state: optg.get_masks(state.opt_state))
+  assert refreshed["eval_sparsity"] == pytest.approx(0.4, abs=1e-5)
+  assert first["eval_loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
+  assert first["eval_accuracy"] == trained["eval_accuracy"]
+  assert abs(refreshed["eval_loss"] - first["eval_loss"]) > 1e-3
+  # The final evaluation is the shipped model's: the last refresh's masks.
+  assert final["eval_accuracy"] == summary["eval_accuracy"]
+  assert final["eval_sparsity"] == pytest.approx(summary["sparsity"])
+  best = max(summary["evaluations"], key=lambda r: r["eval_accuracy"])
+  assert summary["best_eval_accuracy"] == best["eval_accuracy"]
+  assert summary["best_eval_step"] == best["step"]
+  with open(os.path.join(workdir, "evaluations.json")) as f:
+    assert json.load(f) == summary["evaluations"]
+
+
 @pytest.mark.slow
 def test_eval_only_reproduces_final_evaluation(finished_run):
   config, workdir, summary = finished_run
@@ -91,6 +134,9 @@ def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
     ("method", "snip", "unknown method"),
     ("dataset", "mnist", "unknown dataset"),
     ("num_epochs", 0, "num_epochs"),
+    ("lr_schedule", "cosine", "unknown lr_schedule 'cosine'; valid: "
+     "epochwise_cosine, warmup_cosine"),
+    ("augmentation", "autoaugment", "unknown augmentation 'autoaugment'"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, field, value,
                                                    match):
