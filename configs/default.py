@@ -13,7 +13,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model and data.
   config.model = "resnet50"
-  config.model_kwargs = ml_collections.ConfigDict()
+  # The reference's ResNet: Kaiming-normal (fan-in) kernels, every BatchNorm
+  # scale 1, a bias-free classifier (a 1x1 conv), and PyTorch's symmetric
+  # padding of the strided 3x3 convs (Flax's "SAME" pads them (0, 1)).
+  # These are attributes of the ResNets: another model needs its own
+  # model_kwargs (see mobilenet_imagenet.py).
+  config.model_kwargs = ml_collections.ConfigDict(dict(
+      kernel_init="kaiming_normal", zero_init_residual=False,
+      head_bias=False, torch_padding=True))
   config.dataset = "imagenet2012"
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
   # > 0: evaluate on this many training examples held out of training
@@ -21,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.validation_size = 0
   config.image_size = 224
   config.cache = False
+  # ImageNet crops: "torchvision" (the reference: RandomResizedCrop, bilinear;
+  # eval resize 256, centre crop 224) | "inception" (bounding-box crop
+  # covering >= 10%, bicubic).
+  config.augmentation = "torchvision"
   config.shuffle_buffer_size = 16 * 1024
 
   # Sparsity: OptG, its magnitude-pruning baseline, or a dense run.
@@ -36,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation of the weights.
   config.num_epochs = 100
   config.num_train_steps = -1  # > 0 stops earlier (benchmarks).
+  # "epochwise_cosine": the reference's lr, set once per epoch (warm-up from
+  # base / warmup_epochs, cosine over all epochs); "warmup_cosine": optax's
+  # per-step warm-up from 0 and cosine over the remaining steps.
+  config.lr_schedule = "epochwise_cosine"
   config.warmup_epochs = 5
   config.batch_size = 256  # Global, over all devices and processes.
   config.eval_batch_size = 256
@@ -50,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   config.seed = 0
   config.log_every_steps = 100
-  config.eval_every_epochs = 10  # 0: evaluate at the end only.
+  # The reference validates every epoch (and reports the best one).
+  config.eval_every_epochs = 1  # 0: evaluate at the end only.
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.eval_only = False

@@ -41,8 +41,6 @@ from optg_jax import models
 
 METHODS = ("optg", "magnitude", "dense")
 LR_SCHEDULES = ("epochwise_cosine", "warmup_cosine")
-# ImageNet training crops (optg_jax.data.imagenet); other datasets ignore it.
-AUGMENTATIONS = ("torchvision", "inception")
 
 
 class ConfigError(ValueError):
@@ -89,6 +87,10 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.model not in models.names():
     fail(f"unknown model {config.model!r}; valid models: "
          f"{', '.join(models.names())}")
+  try:
+    models.check_kwargs(config.model, config.model_kwargs.to_dict())
+  except ValueError as e:
+    fail(f"model_kwargs: {e}")
   if config.method not in METHODS:
     fail(f"unknown method {config.method!r}; valid methods: "
          f"{', '.join(METHODS)}")
@@ -122,10 +124,11 @@ def validate_config(config: ml_collections.ConfigDict,
       config.warmup_epochs, int):
     fail(f"lr_schedule 'epochwise_cosine' needs whole warmup_epochs, got "
          f"{config.warmup_epochs!r}")
+  # ImageNet's crops (optg_jax.data.imagenet); other datasets ignore it.
   augmentation = config.get("augmentation", "inception")
-  if augmentation not in AUGMENTATIONS:
+  if augmentation not in data.imagenet.AUGMENTATIONS:
     fail(f"unknown augmentation {augmentation!r}; valid: "
-         f"{', '.join(AUGMENTATIONS)}")
+         f"{', '.join(data.imagenet.AUGMENTATIONS)}")
   if config.beta <= 0:
     fail(f"beta must be positive, got {config.beta!r}")
   normalization = config.get("score_normalization", "") or None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -137,6 +138,11 @@ def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
     ("lr_schedule", "cosine", "unknown lr_schedule 'cosine'; valid: "
      "epochwise_cosine, warmup_cosine"),
     ("augmentation", "autoaugment", "unknown augmentation 'autoaugment'"),
+    ("model_kwargs", ml_collections.ConfigDict({"kernel_init": "xavier"}),
+     "model_kwargs: unknown kernel init 'xavier'; valid inits: "
+     "kaiming_normal, lecun_normal, torch_default"),
+    ("model_kwargs", ml_collections.ConfigDict({"width": 0.5}),
+     "model_kwargs: model 'resnet20_cifar' has no attribute 'width'"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, field, value,
                                                    match):

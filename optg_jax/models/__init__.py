@@ -11,12 +11,21 @@ All models take NHWC images, hold float32 parameters whatever the compute
 `dtype`, return float32 logits, and keep BatchNorm statistics in the
 `batch_stats` collection. They carry no sparsity logic: OptG masks the
 weights before `apply` (see `optg_jax.apply_masks`).
+
+"resnet50_cifar" is the OptG reference's CIFAR-10 "ResNet-50" (a 6n + 2
+CIFAR ResNet, n = 8, with zero-padding shortcuts and its initialisation),
+not the ImageNet one. Every model's kernel init can be chosen by name
+(`kernel_init`, `head_init`; see `optg_jax.models.initializers`); the
+ResNets, VGG and MobileNets also take `head_bias`, and the ResNets
+`zero_init_residual`.
 """
 
+import dataclasses
 from typing import Any, Callable, Dict, List, Tuple
 
 import jax.numpy as jnp
 
+from optg_jax.models import initializers
 from optg_jax.models.lenet import LeNet300100
 from optg_jax.models.lenet import LeNet5
 from optg_jax.models.mobilenet import MobileNetV1
@@ -31,6 +40,7 @@ from optg_jax.models.resnet import ResNet20Cifar
 from optg_jax.models.resnet import ResNet32Cifar
 from optg_jax.models.resnet import ResNet34
 from optg_jax.models.resnet import ResNet50
+from optg_jax.models.resnet import ResNet50Cifar
 from optg_jax.models.resnet import ResNet56Cifar
 from optg_jax.models.vgg import VGG
 from optg_jax.models.vgg import VGG19Cifar
@@ -51,6 +61,7 @@ _MODELS: Dict[str, Tuple[Callable[..., Any], Tuple[int, int, int]]] = {
     "resnet20_cifar": (ResNet20Cifar, CIFAR_INPUT),
     "resnet32_cifar": (ResNet32Cifar, CIFAR_INPUT),
     "resnet56_cifar": (ResNet56Cifar, CIFAR_INPUT),
+    "resnet50_cifar": (ResNet50Cifar, CIFAR_INPUT),
     "vgg19_cifar": (VGG19Cifar, CIFAR_INPUT),
     "lenet_300_100": (LeNet300100, MNIST_INPUT),
     "lenet5": (LeNet5, MNIST_INPUT),
@@ -77,16 +88,40 @@ def create(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs):
     num_classes: the classifier's outputs.
     dtype: the compute dtype (e.g. `jnp.bfloat16`); parameters stay float32.
     **kwargs: further attributes of the model, e.g. `width=0.5` for the
-      MobileNets.
+      MobileNets or `kernel_init="kaiming_normal"`.
 
   Returns:
     The Flax module.
 
   Raises:
-    ValueError: for an unknown name.
+    ValueError: for an unknown name, an attribute the model does not have,
+      or an unknown initialiser name.
   """
   constructor, _ = _lookup(name)
+  check_kwargs(name, kwargs)
   return constructor(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+def attributes(name: str) -> List[str]:
+  """The attributes of a model that `create` may set, sorted."""
+  constructor, _ = _lookup(name)
+  module = getattr(constructor, "func", constructor)  # functools.partial
+  fixed = {"parent", "name", "num_classes", "dtype"}
+  return sorted(f.name for f in dataclasses.fields(module)
+                if f.init and f.name not in fixed)
+
+
+def check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
+  """Raises ValueError (one line) if `kwargs` do not fit the model `name`."""
+  valid = attributes(name)
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise ValueError(f"model {name!r} has no attribute "
+                     f"{', '.join(map(repr, unknown))}; its attributes: "
+                     f"{', '.join(valid)}")
+  for key in ("kernel_init", "head_init"):
+    if kwargs.get(key) is not None:
+      initializers.get(kwargs[key])
 
 
 def default_input_shape(name: str) -> Tuple[int, int, int]:

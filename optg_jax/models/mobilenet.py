@@ -1,11 +1,13 @@
 """MobileNet-V1 (Howard et al. 2017) and MobileNet-V2 (Sandler et al. 2018)."""
 
 import functools
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
+
+from optg_jax.models import initializers
 
 ModuleDef = Any
 
@@ -27,11 +29,21 @@ def make_divisible(value: float, divisor: int = 8) -> int:
   return rounded
 
 
-def _norms(train: bool, dtype):
-  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+def _norms(train: bool, dtype, kernel_init: str):
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                           kernel_init=initializers.get(kernel_init))
   norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                            momentum=0.9, epsilon=1e-5, dtype=dtype)
   return conv, norm
+
+
+def _head(module, x):
+  """The Dense classifier `head` of a MobileNet, from its attributes."""
+  init = (module.kernel_init if module.head_init is None
+          else module.head_init)
+  return nn.Dense(module.num_classes, use_bias=module.head_bias,
+                  kernel_init=initializers.get(init), dtype=module.dtype,
+                  name="head")(x)
 
 
 class ConvBN(nn.Module):
@@ -60,15 +72,26 @@ class MobileNetV1(nn.Module):
     num_classes: the classifier's outputs.
     width: the width multiplier (1.0: 4,231,976 parameters for 1000
       classes).
+    head_bias: whether the classifier `head` has a bias (zeros at init);
+      True by default, False in the reference (a 1x1 conv without bias).
+    kernel_init: the conv kernels' init (depthwise ones included), a name
+      of `optg_jax.models.initializers`: "lecun_normal" (Flax's default, the
+      default here), "kaiming_normal" or "torch_default" (the reference's
+      convs).
+    head_init: the classifier kernel's init; None (the default):
+      `kernel_init`. The reference's is "kaiming_normal".
     dtype: the compute dtype; parameters are float32.
   """
   num_classes: int
   width: float = 1.0
+  head_bias: bool = True
+  kernel_init: str = "lecun_normal"
+  head_init: Optional[str] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, norm = _norms(train, self.dtype)
+    conv, norm = _norms(train, self.dtype, self.kernel_init)
     block = functools.partial(ConvBN, conv=conv, norm=norm)
     channels = lambda c: max(8, int(c * self.width))
     x = jnp.asarray(x, self.dtype)
@@ -80,7 +103,7 @@ class MobileNetV1(nn.Module):
       in_channels = channels(out)
       x = block(in_channels, (1, 1), name=f"block{i + 1}_pointwise")(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = _head(self, x)
     return jnp.asarray(x, jnp.float32)
 
 
@@ -114,16 +137,26 @@ class MobileNetV2(nn.Module):
     width: the width multiplier.
     dropout_rate: dropout before the classifier when training (needs a
       'dropout' rng when positive); 0 by default.
+    head_bias: whether the classifier `head` has a bias (zeros at init);
+      True by default.
+    kernel_init: the conv kernels' init, a name of
+      `optg_jax.models.initializers`; "lecun_normal" (Flax's default) by
+      default.
+    head_init: the classifier kernel's init; None (the default):
+      `kernel_init`.
     dtype: the compute dtype; parameters are float32.
   """
   num_classes: int
   width: float = 1.0
   dropout_rate: float = 0.0
+  head_bias: bool = True
+  kernel_init: str = "lecun_normal"
+  head_init: Optional[str] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, norm = _norms(train, self.dtype)
+    conv, norm = _norms(train, self.dtype, self.kernel_init)
     block = functools.partial(ConvBN, conv=conv, norm=norm, act=jax.nn.relu6)
     x = jnp.asarray(x, self.dtype)
     x = block(make_divisible(32 * self.width), (3, 3), strides=(2, 2),
@@ -138,5 +171,5 @@ class MobileNetV2(nn.Module):
               name="last")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = _head(self, x)
     return jnp.asarray(x, jnp.float32)

@@ -1,0 +1,124 @@
+"""The paper's configs against the reference's hyper-parameters.
+
+The reference values are those of ../shared/OPTG_SPEC.md ("Reference
+hyper-parameters"), also tabulated in docs/RECIPES.md.
+"""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optg_jax as optg
+from optg_jax import models
+from optg_jax import train
+
+# config module -> (model, epochs, batch, lr, weight decay, label smoothing,
+# target sparsity)
+PAPER = {
+    "imagenet": ("resnet50", 100, 256, 0.1, 1e-4, 0.1, 0.9),
+    "mobilenet_imagenet": ("mobilenet_v1", 180, 256, 0.05, 4e-5, 0.1, 0.8),
+    "cifar10": ("vgg19_cifar", 160, 256, 0.1, 5e-4, 0.0, 0.9),
+}
+ALL_CONFIGS = ("default", "imagenet", "mobilenet_imagenet", "cifar10",
+               "quickstart", "fashion_mnist", "fake_data_benchmark")
+
+
+def get_config(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_has_the_reference_hyper_parameters(name):
+  config = get_config(name)
+  model, epochs, batch, lr, wd, smoothing, sparsity = PAPER[name]
+  assert config.model == model
+  assert (config.num_epochs, config.batch_size) == (epochs, batch)
+  assert (config.learning_rate, config.weight_decay) == (lr, wd)
+  assert config.label_smoothing == smoothing
+  assert config.sparsity == sparsity
+  assert (config.method, config.beta, config.mask_momentum) == (
+      "optg", 1.0, 0.9)
+  assert (config.momentum, config.nesterov) == (0.9, False)
+  assert config.update_every_steps == 0  # once an epoch
+  assert (config.score_normalization, config.min_kept_per_unit) == ("", 0)
+  assert (config.lr_schedule, config.warmup_epochs) == (
+      "epochwise_cosine", 5)
+  assert config.eval_every_epochs == 1
+  assert not config.half_precision
+  if config.dataset == "imagenet2012":
+    assert config.augmentation == "torchvision"
+    assert config.image_size == 224
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_schedules_are_the_reference_ones(name):
+  config = get_config(name)
+  spe = 5005 if config.dataset == "imagenet2012" else 195
+  schedules = train.create_schedules(config, spe)
+  reference = optg.epochwise_cosine_schedule(
+      config.learning_rate, config.num_epochs, spe, 5)
+  sparsity = optg.sigmoid_sparsity_schedule(config.sparsity,
+                                            config.num_epochs, spe)
+  steps = jnp.arange(0, config.num_epochs * spe, spe // 3)
+  lr = jax.vmap(schedules.learning_rate)(steps)
+  np.testing.assert_array_equal(lr, jax.vmap(reference)(steps))
+  # The mask learning rate is lr(e) * sigmoid(beta * (e - E / 2)).
+  e = np.asarray(steps) // spe
+  want = np.asarray(lr, np.float64) / (
+      1 + np.exp(-(e - config.num_epochs / 2)))
+  np.testing.assert_allclose(jax.vmap(schedules.mask_learning_rate)(steps),
+                             want, rtol=1e-5, atol=1e-12)
+  np.testing.assert_array_equal(jax.vmap(schedules.sparsity)(steps),
+                                jax.vmap(sparsity)(steps))
+
+
+@pytest.mark.parametrize("name, model, kwargs", [
+    ("imagenet", "resnet50", dict(kernel_init="kaiming_normal",
+                                  zero_init_residual=False,
+                                  head_bias=False, torch_padding=True)),
+    ("mobilenet_imagenet", "mobilenet_v1",
+     dict(kernel_init="torch_default", head_init="kaiming_normal",
+          head_bias=False)),
+    ("cifar10", "vgg19_cifar", dict(kernel_init="kaiming_normal")),
+])
+def test_paper_config_initialisation(name, model, kwargs):
+  config = get_config(name)
+  assert config.model == model
+  assert config.model_kwargs.to_dict() == kwargs
+
+
+@pytest.mark.parametrize("model", ["vgg19_cifar", "resnet50_cifar",
+                                   "resnet56_cifar"])
+def test_cifar10_config_builds_each_paper_model(model):
+  config = get_config("cifar10")
+  config.model = model
+  train.validate_config(config, 1)
+  net = train.create_model(config, 10)
+  shapes = jax.eval_shape(lambda: net.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  prunable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      shapes["params"]) if len(x.shape) >= 2)
+  if model == "resnet50_cifar":
+    assert prunable == 3_006_560
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_config_validates_and_builds_its_model(name):
+  config = get_config(name)
+  train.validate_config(config, 1)
+  shape = models.default_input_shape(config.model)
+  if config.dataset in ("digits",):
+    shape = (8, 8, 1)
+  net = train.create_model(config, 10)
+  jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros(
+      (1,) + tuple(shape)), train=False))
+
+
+def test_other_recipes_keep_the_per_step_schedule():
+  for name in ("quickstart", "fashion_mnist"):
+    config = get_config(name)
+    assert config.lr_schedule == "warmup_cosine"
+    assert config.model_kwargs.to_dict() == {}
