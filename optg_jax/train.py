@@ -777,14 +777,18 @@ class _Run:
   def eval_due(self, done: int) -> bool:
     """Whether an evaluation between epochs follows step `done`.
 
-    Every `eval_every_epochs` epochs, and at the end of training (then
-    besides the final evaluation); never with `eval_every_epochs=0`.
+    Every `eval_every_epochs` epochs, and after the last epoch (then
+    besides the final evaluation); never with `eval_every_epochs=0`. A run
+    cut short by `num_train_steps` has only its final evaluation at the end:
+    the same run resumed further then keeps the same evaluations as one
+    that was never stopped.
     """
     every = self.config.eval_every_epochs
     if not every:
       return False
     epoch, within = divmod(done, self.steps_per_epoch)
-    return done == self.total_steps or (within == 0 and epoch % every == 0)
+    return within == 0 and (epoch % every == 0 or
+                            epoch == self.config.num_epochs)
 
 
 def replica_fingerprints(state: TrainState) -> list:

@@ -539,15 +539,26 @@ def test_resnet50_cifar_takes_the_reference_init():
                                   "mobilenet_v1", "mobilenet_v2", "lenet5",
                                   "lenet_300_100"])
 def test_unknown_init_name_raises(name, kwargs):
-  model = models.create(name, 10, **kwargs)
-  shape = models.default_input_shape(name)
-  with pytest.raises(ValueError, match=(
-      "unknown kernel init '(xavier|he_normal)'; valid inits: "
-      "kaiming_normal, lecun_normal, torch_default")):
+  match = ("unknown kernel init '(xavier|he_normal)'; valid inits: "
+           "kaiming_normal, lecun_normal, torch_default")
+  with pytest.raises(ValueError, match=match):
+    models.create(name, 10, **kwargs)
+  # Built without `create`, the module refuses it when initialised.
+  constructor, shape = models._lookup(name)  # pylint: disable=protected-access
+  model = constructor(num_classes=10, **kwargs)
+  with pytest.raises(ValueError, match=match):
     jax.eval_shape(lambda: model.init(jax.random.key(0),
                                       jnp.zeros((1,) + shape), train=False))
   assert initializers.names() == ["kaiming_normal", "lecun_normal",
                                   "torch_default"]
+
+
+def test_create_refuses_an_attribute_the_model_does_not_have():
+  with pytest.raises(ValueError, match=(
+      "model 'mobilenet_v1' has no attribute 'zero_init_residual'; its "
+      "attributes: head_bias, head_init, kernel_init, width")):
+    models.create("mobilenet_v1", 10, zero_init_residual=False)
+  assert "torch_padding" in models.attributes("resnet50")
 
 
 def test_unknown_shortcut_raises():

@@ -67,7 +67,10 @@ def test_two_processes_match_one_process_on_four_devices(reference,
   events = [name for name in os.listdir(multi) if "tfevents" in name]
   assert len(events) == 1
   assert sorted(n for n in os.listdir(multi) if not n.startswith("events")
-                ) == ["checkpoints", "sparsity.txt", "summary.json"]
+                ) == ["checkpoints", "evaluations.json", "sparsity.txt",
+                      "summary.json"]
+  assert [(r["step"], r["masks"]) for r in summary["evaluations"]] == [
+      (23, "trained"), (46, "trained"), (46, "final")]
 
   # The same run as one process on 4 devices, up to the order of the
   # cross-process sums.
