@@ -20,6 +20,7 @@ from optg_jax.transform import mask_transform
 from optg_jax.transform import OptGState
 from optg_jax.transform import path_to_str
 from optg_jax.transform import SCORE_NORMALIZATIONS
+from optg_jax.transform import STATIC_ARGS
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = (
     "CRITERIA",
     "OptGState",
     "SCORE_NORMALIZATIONS",
+    "STATIC_ARGS",
     "apply_masks",
     "epochwise_cosine_schedule",
     "final_sparsity_shortfall",

@@ -32,6 +32,13 @@ Where = Callable[[str, jax.Array], bool]
 
 CRITERIA = ("optg", "magnitude")
 SCORE_NORMALIZATIONS = (None, "layer_rms")
+# The arguments of `mask_transform` that `optax.inject_hyperparams` must
+# leave alone (`static_args`): a schedule of the sparsity must reach the
+# transform, which evaluates it at the step after the update; the others
+# are Python values, not hyperparameters. The learning rate and momentum of
+# the scores may be injected.
+STATIC_ARGS = ("sparsity", "update_every", "where", "criterion",
+               "score_normalization", "min_kept_per_unit")
 
 
 class OptGState(NamedTuple):
@@ -123,7 +130,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    mask_learning_rate: schedules.ScalarOrSchedule,
                    *,
                    momentum: float = 0.9,
-                   update_every: int = 1,
+                   update_every: Optional[int] = None,
                    where: Optional[Where] = None,
                    criterion: str = "optg",
                    score_normalization: Optional[str] = None,
@@ -146,16 +153,20 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   pruning, the usual baseline. It keeps no scores.
 
   Args:
-    sparsity: the sparsity of each refresh, a number in [0, 1) or a schedule
-      `step -> sparsity` (see `sigmoid_sparsity_schedule`).
+    sparsity: the sparsity of each refresh, a Python number in [0, 1) or a
+      schedule `step -> sparsity` (see `sigmoid_sparsity_schedule`),
+      evaluated at `t + 1` for the refresh after step `t`. Not an array:
+      `optax.inject_hyperparams` would evaluate a schedule at `t`, one
+      refresh late; pass it `static_args=optg.STATIC_ARGS`.
     mask_learning_rate: the scores' learning rate, a number or a schedule
       (see `supermask_learning_rate`). Unused by "magnitude".
     momentum: the scores' momentum (no Nesterov).
     update_every: refresh the masks when `(t + 1) % update_every == 0`; the
-      reference refreshes once per epoch.
+      reference refreshes once per epoch. None: 1, every step.
     where: `where(path, leaf) -> bool` selects the prunable leaves, `path`
       being a '/'-joined key path such as 'Conv_0/kernel'. Default: leaves
-      with `ndim >= 2` (conv and dense kernels).
+      with `ndim >= 2` (conv and dense kernels). Selecting no leaf is an
+      error (`init` raises ValueError naming the paths it saw).
     criterion: "optg" or "magnitude".
     score_normalization: opt-in, not in the paper. None (the paper: rank the
       raw scores) or "layer_rms": each layer's ranking is divided by its
@@ -174,16 +185,34 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       among them by position and some units lose their floor; a constant
       sparsity is checked here.
 
+  With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
+  scores' learning rate and momentum can then be injected, and the refreshes
+  are those of the plain transform.
+
   Returns:
     An `optax.GradientTransformation` whose state is an `OptGState`.
+
+  Raises:
+    ValueError: for invalid arguments, with what to pass to
+      `optax.inject_hyperparams` when an argument arrives as an array.
   """
   if criterion not in CRITERIA:
     raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
                      f"{', '.join(CRITERIA)}")
-  if isinstance(update_every, jax.core.Tracer):
-    raise ValueError("update_every must be a static Python int; with "
-                     "optax.inject_hyperparams pass "
-                     "static_args=('update_every',)")
+  if update_every is None:
+    update_every = 1
+  if isinstance(update_every, (jax.Array, jax.core.Tracer, np.ndarray)):
+    # optax.inject_hyperparams turns numeric arguments into arrays.
+    raise ValueError("update_every must be a static Python int, got an "
+                     "array; with optax.inject_hyperparams pass "
+                     "static_args=optg.STATIC_ARGS")
+  if isinstance(sparsity, (jax.Array, jax.core.Tracer, np.ndarray)):
+    raise ValueError(
+        "sparsity must be a Python number or a schedule, got an array: "
+        "optax.inject_hyperparams evaluates a sparsity schedule at the step "
+        "before each refresh, so the masks would come one refresh late; "
+        "pass static_args=optg.STATIC_ARGS so that the transform evaluates "
+        "it at the step after")
   if (not isinstance(update_every, int) or isinstance(update_every, bool) or
       update_every < 1):
     raise ValueError(
@@ -232,6 +261,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   def init_fn(params):
     masks = _prunable_tree(params,
                            where, lambda p: jnp.ones(jnp.shape(p), bool))
+    if not jax.tree.leaves(masks):
+      raise ValueError(_nothing_selected_message(params))
     if (min_kept_per_unit and not callable(sparsity) and
         not isinstance(sparsity, jax.core.Tracer)):
       total = sum(int(np.size(m)) for m in jax.tree.leaves(masks))
@@ -274,15 +305,18 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       ranking = scores
     else:
       buffers, scores = state.momentum, state.scores
-      ranking = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
-                             params, masks)
+      ranking = None  # |W|, computed in the refresh only.
+
+    def refreshed():
+      rank = ranking
+      if rank is None:
+        rank = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
+                            params, masks)
+      return topk.topk_masks(_rankings(rank), sparsity_at(next_step))
 
     next_step = optax.safe_int32_increment(step)
     refresh = next_step % update_every == 0
-    new_masks = jax.lax.cond(
-        refresh,
-        lambda: topk.topk_masks(_rankings(ranking), sparsity_at(next_step)),
-        lambda: masks)
+    new_masks = jax.lax.cond(refresh, refreshed, lambda: masks)
 
     masked_updates = jax.tree.map(
         lambda g, m: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
@@ -291,6 +325,24 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                                      momentum=buffers, masks=new_masks)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _nothing_selected_message(params: PyTree) -> str:
+  """Why `where` selected nothing: the paths and shapes it was shown."""
+  seen = [(path_to_str(path), _shape(leaf)) for path, leaf in
+          jax.tree_util.tree_flatten_with_path(params)[0]]
+  listed = ", ".join(f"{p or '(root)'} {list(s)}" for p, s in seen[:8])
+  if len(seen) > 8:
+    listed += f", and {len(seen) - 8} more"
+  hint = ""
+  if seen and all(len(s) <= 1 for _, s in seen):
+    hint = (" Every leaf is a vector: inside optax.flatten the transform "
+            "sees one flat vector; put mask_transform outside optax.flatten"
+            " (flatten only the transformations after it).")
+  return (f"mask_transform: `where` selected no leaf to prune, so nothing "
+          f"would be pruned; it saw {len(seen)} "
+          f"{'leaf' if len(seen) == 1 else 'leaves'}: {listed or 'none'}."
+          + hint)
 
 
 def _find_states(opt_state: PyTree) -> list:

@@ -211,7 +211,7 @@ def test_chain_and_inject_hyperparams_match_plain_transform():
                       optax.add_decayed_weights(1e-4), optax.sgd(0.1, 0.9))
   injected = optax.chain(
       optax.inject_hyperparams(optg.mask_transform,
-                               static_args=("update_every",))(
+                               static_args=optg.STATIC_ARGS)(
           sparsity=0.5, mask_learning_rate=0.2, update_every=2),
       optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9))
   p1, s1 = run_steps(plain)
@@ -382,7 +382,8 @@ def test_variant_arguments_are_checked():
 
 def test_floor_through_inject_hyperparams_is_static():
   make = lambda **kw: optax.inject_hyperparams(
-      optg.mask_transform, static_args=("update_every",) + tuple(kw))(
+      optg.mask_transform, static_args=("sparsity", "update_every")
+      + tuple(kw))(
           sparsity=0.9, mask_learning_rate=0.5, update_every=2,
           min_kept_per_unit=1)
   plain = optg.mask_transform(0.9, 0.5, update_every=2, min_kept_per_unit=1)
@@ -394,3 +395,107 @@ def test_floor_through_inject_hyperparams_is_static():
   with pytest.raises(ValueError, match="add 'min_kept_per_unit' to "
                      "static_args"):
     make().init(make_params())
+
+
+def _refresh_sparsities(tx, steps, params=None):
+  """The sparsity of the masks after each step of `tx` (jitted)."""
+  params = make_params() if params is None else params
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  out = []
+  for t in range(steps):
+    _, state = update(make_grads(t), state, params)
+    out.append(1 - count_kept(optg.get_masks(state)) / NUM_PRUNABLE)
+  return out
+
+
+def test_inject_hyperparams_refreshes_at_the_plain_sparsities():
+  # One refresh "an epoch" of 3 steps over 6 epochs, the sigmoid schedule.
+  schedule = optg.sigmoid_sparsity_schedule(0.9, 6, 3, beta=2.0)
+  plain = optg.mask_transform(schedule, 0.1, update_every=3)
+  injected = optax.inject_hyperparams(
+      optg.mask_transform, static_args=optg.STATIC_ARGS)(
+          sparsity=schedule, mask_learning_rate=0.1, update_every=3)
+  want = _refresh_sparsities(plain, 18)
+  assert _refresh_sparsities(injected, 18) == want
+  # Each refresh is at s(t + 1): the sparsity of the epoch it starts.
+  kept = lambda s: NUM_PRUNABLE - round(Fraction(float(np.float32(s)))
+                                        * NUM_PRUNABLE)
+  for t in (2, 5, 8, 11, 14, 17):
+    assert want[t] == pytest.approx(1 - kept(schedule(t + 1)) / NUM_PRUNABLE)
+  # The mask learning rate may be injected: read back from the state.
+  state = injected.init(make_params())
+  assert float(state.hyperparams["mask_learning_rate"]) == pytest.approx(0.1)
+
+
+def test_inject_hyperparams_without_static_sparsity_is_refused():
+  schedule = optg.sigmoid_sparsity_schedule(0.9, 6, 3)
+  for kwargs in (dict(sparsity=schedule), dict(sparsity=0.5)):
+    tx = optax.inject_hyperparams(optg.mask_transform)(
+        mask_learning_rate=0.1, **kwargs)
+    with pytest.raises(ValueError, match=(
+        r"sparsity must be a Python number or a schedule, got an array: "
+        r"optax.inject_hyperparams .* one refresh late; pass "
+        r"static_args=optg.STATIC_ARGS")):
+      tx.init(make_params())
+  # update_every given as a number: the message names static_args.
+  tx = optax.inject_hyperparams(optg.mask_transform, static_args="sparsity")(
+      sparsity=0.5, mask_learning_rate=0.1, update_every=2)
+  with pytest.raises(ValueError, match="update_every must be a static "
+                     "Python int, got an array; with "
+                     "optax.inject_hyperparams pass "
+                     "static_args=optg.STATIC_ARGS"):
+    tx.init(make_params())
+  # update_every left out: its default is not an injected number.
+  tx = optax.inject_hyperparams(optg.mask_transform, static_args="sparsity")(
+      sparsity=0.5, mask_learning_rate=0.1)
+  assert _refresh_sparsities(tx, 1) == _refresh_sparsities(
+      optg.mask_transform(0.5, 0.1), 1)
+
+
+def test_where_that_selects_nothing_is_an_error():
+  tx = optg.mask_transform(0.5, 0.1,
+                           where=lambda path, leaf: path.endswith("kernal"))
+  with pytest.raises(ValueError, match=(
+      r"`where` selected no leaf to prune, so nothing would be pruned; it "
+      r"saw 4 leaves: conv/bias \[4\], conv/kernel \[3, 3, 2, 4\], "
+      r"dense/bias \[5\], dense/kernel \[8, 5\]\.$")):
+    tx.init(make_params())
+  with pytest.raises(ValueError, match="selected no leaf"):
+    optg.mask_transform(0.5, 0.1).init({"bias": jnp.zeros(3)})
+
+
+def test_optax_flatten_around_the_transform_is_a_clear_error():
+  tx = optax.flatten(optg.mask_transform(0.5, 0.1))
+  with pytest.raises(ValueError, match=(
+      r"saw 1 leaf: \(root\) \[121\]\. Every leaf is a vector: inside "
+      r"optax.flatten .* put mask_transform outside optax.flatten")):
+    tx.init(make_params())
+  # Outside flatten, with the weights' optimizer flattened: it works.
+  chained = optax.chain(optg.mask_transform(0.5, 0.1),
+                        optax.flatten(optax.sgd(0.1, 0.9)))
+  params = make_params()
+  state = chained.init(params)
+  updates, state = chained.update(make_grads(0), state, params)
+  assert count_kept(optg.get_masks(state)) == NUM_PRUNABLE // 2
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+def _primitives_outside_control_flow(jaxpr):
+  return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+
+def test_magnitude_ranks_only_inside_the_refresh():
+  params, grads = make_params(), make_grads(0)
+  tx = optg.mask_transform(0.5, 0.1, update_every=3, criterion="magnitude")
+  state = tx.init(params)
+  jaxpr = jax.make_jaxpr(tx.update)(grads, state, params)
+  outside = _primitives_outside_control_flow(jaxpr)
+  assert "cond" in outside
+  assert "abs" not in outside  # |W| is computed in the refresh branch only.
+  branches = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "cond"][0]
+  inside = {eqn.primitive.name for b in branches.params["branches"]
+            for eqn in b.jaxpr.eqns}
+  assert "abs" in inside
+  # Same masks as ranking |W| at every step: refresh at steps 3 and 6.
+  assert _refresh_sparsities(tx, 6) == [0, 0, 0.5, 0.5, 0.5, 0.5]
