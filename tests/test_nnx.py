@@ -235,7 +235,8 @@ def readme_nnx_example():
 
 def test_readme_nnx_example_runs_and_prunes():
   namespace = {}
-  exec(compile(readme_nnx_example(), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  code = compile(readme_nnx_example(), "README.md", "exec")
+  exec(code, namespace)  # pylint: disable=exec-used
   model, masks = namespace["model"], namespace["masks"]
   report = optg.sparsity_report(masks)
   assert set(report["layers"]) == KERNELS
