@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from optg_jax.transform import path_to_str
+from optg_jax.transform import unwrap_nnx
 
 PyTree = Any
 
@@ -21,7 +22,8 @@ def sparsity_report(masks: PyTree) -> Dict[str, Any]:
 
   Args:
     masks: a pytree of bool masks (`None` leaves, the unpruned ones, are
-      skipped), e.g. `get_masks(opt_state)`. Device or host arrays.
+      skipped), e.g. `get_masks(opt_state)`. Device or host arrays, or Flax
+      NNX variables holding them (named by the variable: 'conv1/kernel').
 
   Returns:
     A dict: `"layers"` maps each mask's '/'-joined path to
@@ -34,7 +36,7 @@ def sparsity_report(masks: PyTree) -> Dict[str, Any]:
   """
   layers = {}
   kept_all = total_all = 0
-  for path, mask in jax.tree_util.tree_leaves_with_path(masks):
+  for path, mask in jax.tree_util.tree_leaves_with_path(unwrap_nnx(masks)):
     mask = np.asarray(jax.device_get(mask))
     kept, total = int(np.count_nonzero(mask)), int(mask.size)
     if mask.ndim >= 2:

@@ -17,6 +17,7 @@ optimizer come after it:
               optax.sgd(lr, momentum=0.9))
 """
 
+import sys
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -64,6 +65,49 @@ def path_to_str(path: Tuple[Any, ...]) -> str:
     else:
       parts.append(str(key))
   return "/".join(parts)
+
+
+def _is_nnx_variable(x) -> bool:
+  """Whether `x` is a Flax NNX variable (`nnx.Param`, `nnx.OptArray`, ...)."""
+  nnx = sys.modules.get("flax.nnx")  # No NNX variable exists before import.
+  variable = getattr(nnx, "Variable", None)
+  return variable is not None and isinstance(x, variable)
+
+
+def unwrap_nnx(tree: PyTree) -> PyTree:
+  """`tree` with each Flax NNX variable replaced by its value.
+
+  This is `nnx.as_pure`: `nnx.state(model, nnx.Param)` becomes a `State` of
+  arrays whose key paths end at the variables ('conv1/kernel', not
+  'conv1/kernel/value'), the structure `nnx.Optimizer` gives `tx.update`.
+
+  Args:
+    tree: any pytree.
+
+  Returns:
+    `tree` itself when it holds no NNX variable, else the unwrapped copy.
+  """
+  if not any(_is_nnx_variable(x)
+             for x in jax.tree.leaves(tree, is_leaf=_is_nnx_variable)):
+    return tree
+  return sys.modules["flax.nnx"].as_pure(tree)
+
+
+def _zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
+  """`tree` with the entries the masks prune set to zero (`None`: kept).
+
+  An NNX variable of `tree` keeps its wrapper, with the masked value.
+  """
+
+  def one(x, m):
+    if m is None:
+      return x
+    if _is_nnx_variable(x):
+      value = unwrap_nnx(x)
+      return x.replace(jnp.where(m, value, jnp.zeros_like(value)))
+    return jnp.where(m, x, jnp.zeros_like(x))
+
+  return jax.tree.map(one, tree, unwrap_nnx(masks), is_leaf=_is_nnx_variable)
 
 
 def default_where(path: str, leaf: jax.Array) -> bool:
@@ -165,8 +209,10 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       reference refreshes once per epoch. None: 1, every step.
     where: `where(path, leaf) -> bool` selects the prunable leaves, `path`
       being a '/'-joined key path such as 'Conv_0/kernel'. Default: leaves
-      with `ndim >= 2` (conv and dense kernels). Selecting no leaf is an
-      error (`init` raises ValueError naming the paths it saw).
+      with `ndim >= 2` (conv and dense kernels). Flax NNX state (as
+      `nnx.Optimizer` passes it) is unwrapped first: `path` is then
+      'conv1/kernel' and `leaf` the array. Selecting no leaf is an error
+      (`init` raises ValueError naming the paths it saw).
     criterion: "optg" or "magnitude".
     score_normalization: opt-in, not in the paper. None (the paper: rank the
       raw scores) or "layer_rms": each layer's ranking is divided by its
@@ -259,6 +305,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     return sparsity(step) if callable(sparsity) else sparsity
 
   def init_fn(params):
+    params = unwrap_nnx(params)  # Flax NNX state: `where` sees the arrays.
     masks = _prunable_tree(params,
                            where, lambda p: jnp.ones(jnp.shape(p), bool))
     if not jax.tree.leaves(masks):
@@ -285,6 +332,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     if params is None:
       raise ValueError("mask_transform needs the params: call "
                        "update(updates, state, params)")
+    wrapped_updates = updates
+    updates, state, params = map(unwrap_nnx, (updates, state, params))
     step = state.count
     masks = state.masks
 
@@ -318,9 +367,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     refresh = next_step % update_every == 0
     new_masks = jax.lax.cond(refresh, refreshed, lambda: masks)
 
-    masked_updates = jax.tree.map(
-        lambda g, m: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
-        updates, masks)
+    masked_updates = _zero_pruned(wrapped_updates, masks)
     return masked_updates, OptGState(count=next_step, scores=scores,
                                      momentum=buffers, masks=new_masks)
 
@@ -355,13 +402,13 @@ def get_optg_state(opt_state: PyTree) -> OptGState:
   """The single `OptGState` inside an optimizer state.
 
   Looks through any nesting of optax states (`chain`, `inject_hyperparams`,
-  `multi_transform`, `MultiSteps`, ...).
+  `multi_transform`, `MultiSteps`, ...), and `nnx.Optimizer.opt_state`.
 
   Args:
     opt_state: an optax optimizer state.
 
   Returns:
-    The `OptGState` found.
+    The `OptGState` found, with arrays (Flax NNX variables unwrapped).
 
   Raises:
     ValueError: if there is none or more than one.
@@ -372,7 +419,7 @@ def get_optg_state(opt_state: PyTree) -> OptGState:
   if len(found) > 1:
     raise ValueError(f"found {len(found)} mask_transform states in the "
                      "optimizer state; expected exactly one")
-  return found[0]
+  return unwrap_nnx(found[0])
 
 
 def get_masks(opt_state: PyTree) -> PyTree:
@@ -380,11 +427,12 @@ def get_masks(opt_state: PyTree) -> PyTree:
 
   Args:
     opt_state: an optax optimizer state containing one `mask_transform`
-      state, anywhere.
+      state, anywhere (`nnx.Optimizer.opt_state` too).
 
   Returns:
     A pytree with the params' structure. Leaves that the transform does not
-    see (other groups of `optax.multi_transform`) are `None` too.
+    see (other groups of `optax.multi_transform`) are `None` too. For Flax
+    NNX, the structure of `nnx.as_pure(nnx.state(model, nnx.Param))`.
   """
   masks = get_optg_state(opt_state).masks
   is_masked = lambda x: isinstance(x, optax.MaskedNode)
@@ -396,12 +444,12 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
   """Zeroes the pruned weights; a `None` mask passes the weight through.
 
   Args:
-    params: the dense weights.
+    params: the dense weights. Flax NNX state (`nnx.state(model, nnx.Param)`)
+      works as well: each variable keeps its wrapper, with a masked value,
+      so that `nnx.update(model, apply_masks(...))` accepts the result.
     masks: a pytree with the params' structure: bool arrays or `None`.
 
   Returns:
     The params with pruned entries set to zero.
   """
-  return jax.tree.map(
-      lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
-      params, masks)
+  return _zero_pruned(params, masks)
