@@ -10,9 +10,9 @@ order) first, by a second radix select over the index bits, so the number of
 kept entries is always exactly `k`.
 
 Every pass is an elementwise comparison and a sum over each leaf in its own
-shape (nothing is flattened, gathered or materialised beyond the keys), so a
-leaf sharded over a mesh under `jax.jit` is counted shard by shard and only the
-scalar counts are all-reduced. Inside `jax.shard_map`, `axis_name` names the
+shape (no leaf is flattened or gathered), so a leaf sharded over a mesh under
+`jax.jit` is counted shard by shard and only the scalar counts are
+all-reduced. Inside `jax.shard_map`, `axis_name` names the
 mesh axis the scores are sharded over and the counts are `psum`-ed over it,
 which gives the global top-k of the whole sharded pytree.
 
@@ -196,17 +196,20 @@ def _sharded_leaves(leaves, axis_name):
   return sharded, shards, names
 
 
-def _flat_positions(shape, offset) -> jax.Array:
-  """The row-major flat index of every entry of `shape`, plus `offset`.
+def _flat_positions(like: jax.Array, offset) -> jax.Array:
+  """`offset` plus the row-major flat index of every entry of `like`.
 
-  Built from one iota per axis rather than a flat iota reshaped, so that it
-  can be computed shard by shard whatever the axis a leaf is sharded on.
+  Built from one iota per axis, placed like `like` (a flat iota reshaped
+  could not be split the way a leaf sharded on a later axis is), so that it
+  is computed shard by shard.
   """
+  shape = np.shape(like)
+  sharding = jax.typeof(like).sharding
   positions = jnp.broadcast_to(offset, shape).astype(jnp.int32)
   stride = 1
   for axis in reversed(range(len(shape))):
     positions = positions + lax.broadcasted_iota(
-        jnp.int32, shape, axis) * jnp.int32(stride)
+        jnp.int32, shape, axis, out_sharding=sharding) * jnp.int32(stride)
     stride *= shape[axis]
   return positions
 
@@ -309,7 +312,7 @@ def topk_masks(scores: PyTree, sparsity: Sparsity,
     offset = jnp.int32(offsets[i])
     if sharded[i]:
       offset = offset + lax.axis_index(names) * jnp.int32(sizes[i])
-    return _flat_positions(np.shape(keys[i]), offset)
+    return _flat_positions(keys[i], offset)
 
   # Among the ties, keep those whose global flat position is below a cut:
   # the largest cut with count(tie & position < cut) <= ties_to_keep.
