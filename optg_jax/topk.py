@@ -12,9 +12,9 @@ kept entries is always exactly `k`.
 Every pass is an elementwise comparison and a sum over each leaf in its own
 shape (no leaf is flattened or gathered), so a leaf sharded over a mesh under
 `jax.jit` is counted shard by shard and only the scalar counts are
-all-reduced. Inside `jax.shard_map`, `axis_name` names the
-mesh axis the scores are sharded over and the counts are `psum`-ed over it,
-which gives the global top-k of the whole sharded pytree.
+all-reduced. Inside `jax.shard_map`, `axis_name` names the mesh axis the
+scores are sharded over and the counts are `psum`-ed over it, which gives the
+global top-k of the whole sharded pytree.
 
 This module is pure JAX and knows nothing of optax or of the OptG transform.
 """

@@ -27,6 +27,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL_SHAPE = (615, 682)
 SPARSITY = 0.499999
 KEPT = 209_715
+# The refusal of scores that vary over mesh axes axis_name does not name.
+REFUSED = ("vary over mesh axes .'data', 'model'.*axis_name|"
+           "axis_name.*vary over mesh axes .'data', 'model'.")
 
 
 def kept(sparsity, total):
@@ -51,6 +54,13 @@ def mesh_2d():
 def put(tree, mesh, specs):
   return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)),
                       tree, specs)
+
+
+def specs_of(tree):
+  """The PartitionSpec of each leaf (P() for one on a single device)."""
+  return jax.tree.map(
+      lambda a: a.sharding.spec if isinstance(a.sharding, NamedSharding)
+      else P(), tree)
 
 
 def assert_trees_equal(got, want):
@@ -247,9 +257,7 @@ def test_shard_map_step_keeps_exact_global_count():
   params_specs = {"w": P(None, "model")}
   sharded_params = put(params, mesh, params_specs)
   opt_state = tx.init(sharded_params)
-  state_specs = jax.tree.map(
-      lambda a: a.sharding.spec if isinstance(a.sharding, NamedSharding)
-      else P(), opt_state)
+  state_specs = specs_of(opt_state)
   step = jax.jit(jax.shard_map(
       kernel_step(tx), mesh=mesh,
       in_specs=(params_specs, state_specs, P("data", None)),
@@ -302,10 +310,9 @@ def test_shard_map_topk_count_is_exact_with_ties(check_vma):
       jnp.zeros(KERNEL_SHAPE), NamedSharding(mesh, P(None, "model")))))
   k = kept(sparsity, masks.size)
   assert masks.sum() == k
-  rows, cols = KERNEL_SHAPE
-  order = np.concatenate([np.arange(rows * cols).reshape(rows, cols)[
-      :, shard * cols // 2:(shard + 1) * cols // 2].reshape(-1)
-                          for shard in range(2)])
+  positions = np.arange(masks.size).reshape(KERNEL_SHAPE)
+  order = np.concatenate([shard.reshape(-1)
+                          for shard in np.split(positions, 2, axis=1)])
   want = np.zeros(masks.size, bool)
   want[order[:k]] = True
   np.testing.assert_array_equal(masks, want.reshape(KERNEL_SHAPE))
@@ -354,8 +361,19 @@ def test_sharded_scores_without_or_with_wrong_axis_name_are_refused():
     topk = jax.shard_map(
         lambda s, a=axis_name: topk_masks(s, 0.5, axis_name=a), mesh=mesh,
         in_specs=P("data", "model"), out_specs=P("data", "model"))
-    with pytest.raises(ValueError, match="axis_name"):
+    with pytest.raises(ValueError, match=REFUSED):
       topk(scores)
+  # The same through mask_transform: an update inside shard_map.
+  tx = optg.mask_transform(0.5, 0.1)
+  params = {"w": scores}
+  state = tx.init(params)
+  specs = specs_of(state)
+  update = jax.shard_map(
+      lambda g, s, p: tx.update(g, s, p)[1], mesh=mesh,
+      in_specs=({"w": P("data", "model")}, specs, {"w": P("data", "model")}),
+      out_specs=specs)
+  with pytest.raises(ValueError, match=REFUSED):
+    update(params, state, params)
   with pytest.raises(ValueError, match="axis_name='model'.*not a mesh axis"):
     topk_masks(jnp.ones((4, 4)), 0.5, axis_name="model")
   with pytest.raises(ValueError, match="score_normalization.*axis_name"):
