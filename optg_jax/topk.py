@@ -9,12 +9,19 @@ equal to that threshold are then cut by position, lowest flat index (in leaf
 order) first, by a second radix select over the index bits, so the number of
 kept entries is always exactly `k`.
 
+Every pass is an elementwise comparison and a sum over each leaf in its own
+shape (no leaf is flattened or gathered), so a leaf sharded over a mesh under
+`jax.jit` is counted shard by shard and only the scalar counts are
+all-reduced. Inside `jax.shard_map`, `axis_name` names the mesh axis the
+scores are sharded over and the counts are `psum`-ed over it, which gives the
+global top-k of the whole sharded pytree.
+
 This module is pure JAX and knows nothing of optax or of the OptG transform.
 """
 
 from fractions import Fraction
 import math
-from typing import Any, Union
+from typing import Any, Hashable, Optional, Tuple, Union
 
 import jax
 from jax import lax
@@ -23,6 +30,7 @@ import numpy as np
 
 PyTree = Any
 Sparsity = Union[float, int, jax.Array, np.ndarray]
+AxisName = Union[Hashable, Tuple[Hashable, ...]]
 
 _SIGN_BIT = np.uint32(0x80000000)
 _ALL_BITS = np.uint32(0xFFFFFFFF)
@@ -138,15 +146,76 @@ def _traced_num_to_keep(sparsity: jax.Array, total: int) -> jax.Array:
   return jnp.int32(total) - rounded.astype(jnp.int32)
 
 
-def _count(leaves, predicate) -> jax.Array:
-  """Sum over leaves of the number of entries where predicate(i, leaf) holds."""
-  total = jnp.int32(0)
-  for i, leaf in enumerate(leaves):
-    total = total + jnp.sum(predicate(i, leaf), dtype=jnp.int32)
-  return total
+def _varying_axes(x) -> frozenset:
+  """The manual mesh axes `x` varies over inside `jax.shard_map`.
+
+  Empty outside `shard_map`, and for every value under `check_vma=False`.
+  """
+  manual_axis_type = getattr(jax.typeof(x), "mat", None)
+  return frozenset(getattr(manual_axis_type, "varying", ()))
 
 
-def topk_masks(scores: PyTree, sparsity: Sparsity) -> PyTree:
+def _sharded_leaves(leaves, axis_name):
+  """Which leaves are sharded, the number of shards and the axis names.
+
+  Without `axis_name` no leaf is sharded, and a leaf that varies over a mesh
+  axis (a shard of an array inside `shard_map`) is refused. With it, a leaf
+  is sharded if it varies over the named axes and replicated (counted once)
+  if it varies over none of them; under `check_vma=False` nothing varies, and
+  every leaf is taken to be sharded.
+  """
+  if axis_name is None:
+    for leaf in leaves:
+      if _varying_axes(leaf):
+        raise ValueError(
+            "topk_masks got scores that vary over mesh axes "
+            f"{tuple(sorted(map(str, _varying_axes(leaf))))} inside shard_map, "
+            "which would give a per-shard top-k; pass axis_name=<the axis the "
+            "scores are sharded over> for the global top-k")
+    return [False] * len(leaves), 1, None
+  names = tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (
+      axis_name,)
+  try:
+    shards = lax.axis_size(names)
+    checks_vma = set(names) <= _varying_axes(lax.axis_index(names))
+  except NameError as error:
+    raise ValueError(
+        f"topk_masks got axis_name={axis_name!r}, which is not a mesh axis in "
+        "scope; call it inside jax.shard_map over that axis") from error
+  if not checks_vma:
+    return [True] * len(leaves), shards, names
+  sharded = []
+  for leaf in leaves:
+    varying = _varying_axes(leaf)
+    if varying and varying != set(names):
+      raise ValueError(
+          f"topk_masks got axis_name={axis_name!r} but scores that vary over "
+          f"mesh axes {tuple(sorted(map(str, varying)))}; axis_name must name "
+          "exactly the axes the scores are sharded over")
+    sharded.append(bool(varying))
+  return sharded, shards, names
+
+
+def _flat_positions(like: jax.Array, offset) -> jax.Array:
+  """`offset` plus the row-major flat index of every entry of `like`.
+
+  Built from one iota per axis, placed like `like` (a flat iota reshaped
+  could not be split the way a leaf sharded on a later axis is), so that it
+  is computed shard by shard.
+  """
+  shape = np.shape(like)
+  sharding = jax.typeof(like).sharding
+  positions = jnp.broadcast_to(offset, shape).astype(jnp.int32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    positions = positions + lax.broadcasted_iota(
+        jnp.int32, shape, axis, out_sharding=sharding) * jnp.int32(stride)
+    stride *= shape[axis]
+  return positions
+
+
+def topk_masks(scores: PyTree, sparsity: Sparsity,
+               axis_name: Optional[AxisName] = None) -> PyTree:
   """Exact global top-k masks over a pytree of scores.
 
   Keeps exactly `k = N - round(sparsity * N)` entries, `N` being the number of
@@ -156,12 +225,34 @@ def topk_masks(scores: PyTree, sparsity: Sparsity) -> PyTree:
   keys (one counting pass per bit, counts summed across leaves), so the cost
   is linear in `N` and no sort or concatenation happens. Pure and jittable.
 
+  Under `jax.jit`, scores sharded over a mesh are counted shard by shard
+  (each pass all-reduces scalar counts; no leaf is gathered onto one device)
+  and the masks come out sharded like the scores, identical to the unsharded
+  result.
+
+  Inside `jax.shard_map`, each call sees only its shards of the scores. Pass
+  the mesh axis they are sharded over as `axis_name`: the counts are summed
+  over it, so `N` and `k` are those of the whole sharded pytree and the
+  global count is exactly `k`. A leaf that does not vary over `axis_name`
+  (replicated) is counted once. The tie-break order is then: leaf order,
+  then the shard's index along `axis_name`, then the flat position within
+  the shard. That is the global row-major order for a leaf sharded on its
+  first axis; for one sharded on another axis (a column-sharded kernel) it
+  differs, so the masks equal the unsharded ones except for which scores
+  equal to the threshold are kept. Under `shard_map(..., check_vma=False)`
+  every leaf is taken to be sharded over `axis_name`, and scores sharded
+  without `axis_name` cannot be told from replicated ones: each shard would
+  get its own top-k. With `check_vma=True` (the default) that case is a
+  ValueError.
+
   Args:
     scores: a pytree of float arrays (float32, bfloat16 or float16; wider
       floats are compared after rounding to float32). `None` leaves pass
       through as `None`.
     sparsity: the fraction of entries to prune. A concrete number must be in
       [0, 1) (else ValueError); a traced value is trusted to be.
+    axis_name: inside `jax.shard_map`, the mesh axis name (or tuple of
+      names) that the scores are sharded over; None (the default) elsewhere.
 
   Returns:
     A pytree of bool arrays with the structure of `scores` (`None` where
@@ -171,8 +262,11 @@ def topk_masks(scores: PyTree, sparsity: Sparsity) -> PyTree:
   leaves, treedef = jax.tree.flatten(scores)
   if not leaves:
     return scores
+  sharded, shards, names = _sharded_leaves(leaves, axis_name)
   sizes = [int(np.prod(np.shape(leaf))) for leaf in leaves]
-  total = sum(sizes)
+  global_sizes = [size * (shards if s else 1)
+                  for size, s in zip(sizes, sharded)]
+  total = sum(global_sizes)
   if total > _MAX_ENTRIES:
     raise ValueError(
         f"topk_masks supports at most {_MAX_ENTRIES} scores, got {total}")
@@ -184,23 +278,41 @@ def topk_masks(scores: PyTree, sparsity: Sparsity) -> PyTree:
   else:
     k = jnp.int32(num_to_keep(sparsity, total))
 
-  keys = [order_preserving_keys(leaf).reshape(-1) for leaf in leaves]
+  keys = [order_preserving_keys(leaf) for leaf in leaves]
 
-  # Radix select: the largest key t with count(key >= t) >= k.
+  def count(predicate):
+    """Entries over all leaves (all shards) where predicate(i, key) holds."""
+    local, replicated = jnp.int32(0), jnp.int32(0)
+    for i, key in enumerate(keys):
+      n = jnp.sum(predicate(i, key), dtype=jnp.int32)
+      if sharded[i]:
+        local = local + n
+      else:
+        replicated = replicated + n
+    if any(sharded):
+      return lax.psum(local, names) + replicated
+    return replicated
+
+  # Radix select: the largest key t with count(key >= t) >= k. The carries
+  # start typed like `k` so that they match the loop outputs in shard_map.
   def threshold_bit(i, t):
     candidate = t | (np.uint32(1) << (31 - i).astype(jnp.uint32))
-    count = _count(keys, lambda _, key: key >= candidate)
-    return jnp.where(count >= k, candidate, t)
+    n = count(lambda _, key: key >= candidate)
+    return jnp.where(n >= k, candidate, t)
 
-  threshold = lax.fori_loop(0, 32, threshold_bit, jnp.uint32(0))
-  num_above = _count(keys, lambda _, key: key > threshold)
-  num_ties = _count(keys, lambda _, key: key == threshold)
+  threshold = lax.fori_loop(0, 32, threshold_bit,
+                            jnp.zeros_like(k, jnp.uint32))
+  num_above = count(lambda _, key: key > threshold)
+  num_ties = count(lambda _, key: key == threshold)
   ties_to_keep = k - num_above
 
-  offsets = np.cumsum([0] + sizes[:-1])
+  offsets = np.cumsum([0] + global_sizes[:-1])
 
   def positions(i):
-    return lax.iota(jnp.int32, sizes[i]) + jnp.int32(offsets[i])
+    offset = jnp.int32(offsets[i])
+    if sharded[i]:
+      offset = offset + lax.axis_index(names) * jnp.int32(sizes[i])
+    return _flat_positions(keys[i], offset)
 
   # Among the ties, keep those whose global flat position is below a cut:
   # the largest cut with count(tie & position < cut) <= ties_to_keep.
@@ -208,18 +320,14 @@ def topk_masks(scores: PyTree, sparsity: Sparsity) -> PyTree:
 
   def cut_bit(i, cut):
     candidate = cut | (jnp.int32(1) << (index_bits - 1 - i))
-    count = _count(keys, lambda j, key: (key == threshold) &
-                   (positions(j) < candidate))
-    return jnp.where(count <= ties_to_keep, candidate, cut)
+    n = count(lambda j, key: (key == threshold) & (positions(j) < candidate))
+    return jnp.where(n <= ties_to_keep, candidate, cut)
 
   cut = lax.cond(
       num_ties > ties_to_keep,
-      lambda: lax.fori_loop(0, index_bits, cut_bit, jnp.int32(0)),
-      lambda: jnp.int32(total))
+      lambda: lax.fori_loop(0, index_bits, cut_bit, jnp.zeros_like(k)),
+      lambda: jnp.full_like(k, total))
 
-  masks = [
-      ((key > threshold) | ((key == threshold) & (positions(i) < cut)))
-      .reshape(np.shape(leaf)) for i, (key, leaf) in enumerate(
-          zip(keys, leaves))
-  ]
+  masks = [(key > threshold) | ((key == threshold) & (positions(i) < cut))
+           for i, key in enumerate(keys)]
   return jax.tree.unflatten(treedef, masks)

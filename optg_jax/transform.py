@@ -39,7 +39,7 @@ SCORE_NORMALIZATIONS = (None, "layer_rms")
 # are Python values, not hyperparameters. The learning rate and momentum of
 # the scores may be injected.
 STATIC_ARGS = ("sparsity", "update_every", "where", "criterion",
-               "score_normalization", "min_kept_per_unit")
+               "score_normalization", "min_kept_per_unit", "axis_name")
 
 
 class OptGState(NamedTuple):
@@ -164,6 +164,18 @@ def _unit_floor(ranking: jax.Array, n: int) -> jax.Array:
   return raised.T.reshape(shape)
 
 
+def _filled_like(leaf, value, dtype) -> jax.Array:
+  """`value` in the shape of `leaf`, placed like `leaf`, also under `jax.jit`.
+
+  A constant is not placed like anything: under `jax.jit` it would come out
+  on one device whatever the sharding of `leaf`. A select on `leaf` whose two
+  branches agree comes out sharded like `leaf` (and, inside `shard_map`,
+  varying like it); XLA folds it into the constant.
+  """
+  value = jnp.asarray(value, dtype)
+  return jnp.where(jnp.isnan(leaf), value, value)
+
+
 def _layer_rms_normalized(ranking: jax.Array) -> jax.Array:
   """`ranking / sqrt(mean(ranking ** 2))`, left as is when it is all zero."""
   rms = jnp.sqrt(jnp.mean(jnp.square(ranking)))
@@ -178,7 +190,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    where: Optional[Where] = None,
                    criterion: str = "optg",
                    score_normalization: Optional[str] = None,
-                   min_kept_per_unit: Optional[int] = None
+                   min_kept_per_unit: Optional[int] = None,
+                   axis_name: Optional[topk.AxisName] = None
                    ) -> optax.GradientTransformation:
   """OptG: learns global top-k masks from accumulated gradient-driven scores.
 
@@ -230,6 +243,14 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       floors add up to more than `k` (see `forced_count`), the top-k cuts
       among them by position and some units lose their floor; a constant
       sparsity is checked here.
+    axis_name: None, or, when `update` runs inside `jax.shard_map` with the
+      prunable params, their gradients and this state sharded over a mesh
+      axis, that axis's name (or a tuple of names): the masks are then the
+      global top-k of all shards (see `topk.topk_masks`, which also gives the
+      tie-break order). Not needed under `jax.jit`, where sharded arrays are
+      partitioned by XLA. With `min_kept_per_unit`, each unit's inputs must
+      be whole on every device (a kernel sharded on its last axis); not
+      supported with `score_normalization`.
 
   With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
   scores' learning rate and momentum can then be injected, and the refreshes
@@ -280,6 +301,10 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       isinstance(min_kept_per_unit, bool) or min_kept_per_unit < 0):
     raise ValueError(f"min_kept_per_unit must be a non-negative integer, got "
                      f"{min_kept_per_unit!r}")
+  if axis_name is not None and score_normalization:
+    raise ValueError(f"score_normalization={score_normalization!r} is not "
+                     "supported with axis_name (it would normalise each "
+                     "shard on its own)")
   where = default_where if where is None else where
   mask_lr = schedules.as_schedule(mask_learning_rate)
   learns_scores = criterion == "optg"
@@ -307,7 +332,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   def init_fn(params):
     params = unwrap_nnx(params)  # Flax NNX state: `where` sees the arrays.
     masks = _prunable_tree(params,
-                           where, lambda p: jnp.ones(jnp.shape(p), bool))
+                           where, lambda p: _filled_like(p, True, bool))
     if not jax.tree.leaves(masks):
       raise ValueError(_nothing_selected_message(params))
     if (min_kept_per_unit and not callable(sparsity) and
@@ -320,7 +345,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
             f"more than the {topk.num_to_keep(sparsity, total)} that "
             f"sparsity {sparsity} keeps")
     if learns_scores:
-      zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+      zeros = lambda p: _filled_like(p, 0, jnp.float32)
       scores = _prunable_tree(params, where, zeros)
       buffers = _prunable_tree(params, where, zeros)
     else:
@@ -361,7 +386,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       if rank is None:
         rank = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
                             params, masks)
-      return topk.topk_masks(_rankings(rank), sparsity_at(next_step))
+      return topk.topk_masks(_rankings(rank), sparsity_at(next_step),
+                             axis_name=axis_name)
 
     next_step = optax.safe_int32_increment(step)
     refresh = next_step % update_every == 0
