@@ -371,11 +371,13 @@ def eval_step(state: TrainState, masks, batch, *, model, config):
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """The workdir's manager: synchronous saves, the last `keep_checkpoints`."""
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints, create=True,
-          enable_async_checkpointing=False))
+          preservation_policy=ocp.checkpoint_managers.LatestN(
+              n=config.keep_checkpoints),
+          create=True, enable_async_checkpointing=False))
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
