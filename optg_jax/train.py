@@ -10,6 +10,7 @@ magnitude pruning through the same transform) or "dense" (no masks), so the
 baselines run through the same code.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -371,11 +372,13 @@ def eval_step(state: TrainState, masks, batch, *, model, config):
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """The workdir's manager: synchronous saves, the last `keep_checkpoints`."""
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints, create=True,
-          enable_async_checkpointing=False))
+          preservation_policy=ocp.checkpoint_managers.LatestN(
+              n=config.keep_checkpoints),
+          create=True, enable_async_checkpointing=False))
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
@@ -470,10 +473,13 @@ def replicate(tree):
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
+  start = time.time()
   host_state = jax.device_get(jax_utils.unreplicate(state))
   manager.save(int(host_state.step), args=ocp.args.StandardSave(host_state),
                force=True)
   manager.wait_until_finished()
+  _console("Saved the checkpoint of step %d in %s (%.1f s)",
+           int(host_state.step), manager.directory, time.time() - start)
 
 
 def evaluate(p_eval_step, state, masks, config, local_device_count: int):
@@ -886,6 +892,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         jax_utils.unreplicate(state)), eval_metrics, time.time() - start_time)
     summary.update(_best_of(run, history, eval_metrics, start_step))
     _write_outputs(workdir, summary, table)
+    _log_summary(summary, workdir)
     return summary
 
   writer = metric_writers.create_default_writer(
@@ -904,6 +911,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       local_device_count=run.local_device_count)
   train_iter = jax_utils.prefetch_to_device(train_iter, 2)
   hooks = []
+  # steps_per_sec and uptime in TensorBoard; the console has `progress`.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=run.total_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
@@ -912,6 +920,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   train_metrics = []
   last_saved = start_step
+  progress = _Progress(run, start_step)
   with _SigtermFlag() as sigterm:
     for step in range(start_step, run.total_steps):
       batch = next(train_iter)
@@ -919,19 +928,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # The masks this step trains with, for an evaluation after it.
       trained_masks = run.masks_in_force(state) if run.eval_due(done) else None
       state, metrics = p_train(state, batch)
+      if step == start_step:
+        progress.start(metrics)  # Once compiled and run.
       train_metrics.append(metrics)
       for hook in hooks:
         hook(done)
       at_log = done % config.log_every_steps == 0 or done == run.total_steps
       if at_log:
-        _check_finite_and_log(writer, train_metrics, done, state, config,
-                              watch=watch)
+        progress.report(done, _check_finite_and_log(
+            writer, train_metrics, done, state, config, watch=watch))
         train_metrics = []
       if run.eval_due(done):
         # Before a SIGTERM stops the run: the masks it needs are in no
         # checkpoint.
-        _epoch_evaluation(run, state, trained_masks, p_eval, writer, history,
-                          done)
+        with progress.paused(state):
+          _epoch_evaluation(run, state, trained_masks, p_eval, writer,
+                            history, done)
       del trained_masks
       if sigterm.agreed(at_log):
         _check_finite_and_log(writer, train_metrics, done, state, config,
@@ -941,7 +953,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         writer.flush()
         raise Preempted(done)
       last_saved = _periodic_work(run, state, writer, manager, done,
-                                  last_saved, train_metrics)
+                                  last_saved, train_metrics, progress)
 
   if train_metrics:
     _check_finite_and_log(writer, train_metrics, run.total_steps, state,
@@ -950,8 +962,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     save_checkpoint(manager, state)
   # The model the run ships: the masks of the last refresh (get_masks).
   final_masks = run.masks_in_force(state)
-  logging.info("Final evaluation with the masks of the last refresh "
-               "(get_masks(state): the model this run ships)")
   eval_metrics = evaluate(p_eval, state, final_masks, config,
                           run.local_device_count)
   writer.write_scalars(run.total_steps, {
@@ -971,7 +981,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "best_eval_accuracy": summary["best_eval_accuracy"]})
   writer.flush()
   _write_outputs(workdir, summary, table)
-  logging.info("Done: %s", json.dumps(summary))
+  _log_summary(summary, workdir)
   return summary
 
 
@@ -985,10 +995,10 @@ def _epoch_evaluation(run, state, trained_masks, p_eval, writer, history,
   writer.write_scalars(done, {**{k: v for k, v in metrics.items()
                                  if k != "eval_examples"},
                               "best_eval_accuracy": best["eval_accuracy"]})
-  logging.info("Evaluation at step %d (epoch %.2f) with the masks it trained "
-               "with: accuracy %.4f, loss %.4f; best %.4f at step %d", done,
-               done / run.steps_per_epoch, metrics["eval_accuracy"],
-               metrics["eval_loss"], best["eval_accuracy"], best["step"])
+  _console("Evaluation at step %d (epoch %.1f, the masks it trained with): "
+           "%s | best top-1 %.4f at step %d", done,
+           done / run.steps_per_epoch, _eval_figures(metrics),
+           best["eval_accuracy"], best["step"])
 
 
 def _best_of(run, history: EvalHistory, final_metrics,
@@ -999,7 +1009,7 @@ def _best_of(run, history: EvalHistory, final_metrics,
 
 
 def _periodic_work(run, state, writer, manager, done, last_saved,
-                   train_metrics) -> int:
+                   train_metrics, progress: "_Progress") -> int:
   """Checkpoints inside the loop; returns the last saved step."""
   config = run.config
   if done >= run.total_steps:
@@ -1007,7 +1017,8 @@ def _periodic_work(run, state, writer, manager, done, last_saved,
   if done % config.checkpoint_every_steps == 0:
     _check_finite_and_log(writer, train_metrics, done, state, config,
                           write=False)
-    save_checkpoint(manager, state)
+    with progress.paused(state):
+      save_checkpoint(manager, state)
     return done
   return last_saved
 
@@ -1054,9 +1065,12 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
 
   With a `watch`, the masks in force are checked for collapsed layers and
   dead units, and a change since the last check is logged as a warning.
+
+  Returns:
+    The scalars written (None when nothing was written).
   """
   if not train_metrics:
-    return
+    return None
   host = jax.device_get([jax.tree.map(lambda x: x[0], m)
                          for m in train_metrics])
   first_step = step - len(host)  # 0-based index of host[0]'s step.
@@ -1066,7 +1080,7 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
           f"non-finite loss or gradients at step {first_step + i} "
           f"(loss {m['loss']}); stopping without saving a checkpoint")
   if not write:
-    return
+    return None
   summary = {f"train_{k}": float(np.mean([m[k] for m in host]))
              for k in ("loss", "accuracy")}
   last = host[-1]
@@ -1082,3 +1096,129 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
     if watch is not None:
       watch.check(report, step)
   writer.write_scalars(step, summary)
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# Console: what a person reads (process 0). Metrics go to TensorBoard.
+
+
+@logging.skip_log_prefix
+def _console(message: str, *args):
+  """An INFO line of process 0 (its log prefix names the caller)."""
+  if jax.process_index() == 0:
+    logging.info(message, *args)
+
+
+def _duration(seconds: float) -> str:
+  """`m:ss`, or `h:mm:ss` from an hour on."""
+  minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+  hours, minutes = divmod(minutes, 60)
+  if hours:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{minutes}:{secs:02d}"
+
+
+def _eval_figures(metrics) -> str:
+  return (f"top-1 {metrics['eval_accuracy']:.4f}, top-5 "
+          f"{metrics['eval_top5_accuracy']:.4f}, loss "
+          f"{metrics['eval_loss']:.4f}")
+
+
+def _count(n: float) -> str:
+  """4,096 -> 4.1k; 2,532,992 -> 2.53M."""
+  for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if n >= factor:
+      return f"{n / factor:.3g}{suffix}"
+  return f"{n:g}"
+
+
+class _Progress:
+  """One console line per logging step: step, epoch, train metrics, the
+  throughput and the time left.
+
+  The clock starts once the first step has run (compilation excluded). The
+  throughput is that of the steps since the previous line, without the
+  evaluations and checkpoint saves between them; the time left extrapolates
+  the wall time per step since the clock started, those included.
+  """
+
+  def __init__(self, run: _Run, start_step: int):
+    self.total = run.total_steps
+    self.steps_per_epoch = run.steps_per_epoch
+    self.batch_size = run.config.batch_size
+    self._created = time.time()
+    self._start = None  # (step, time) when the clock started.
+    self._last = None  # (step, time, paused seconds) of the previous line.
+    self._paused = 0.0
+    self._start_step = start_step
+
+  def start(self, metrics):
+    """Starts the clock when `metrics`, of the run's first step, are ready."""
+    jax.block_until_ready(metrics)
+    now = time.time()
+    self._start = (self._start_step + 1, now)
+    self._last = (self._start_step + 1, now, 0.0)
+    _console("Compiled and ran the first step in %s",
+             _duration(now - self._created))
+
+  @contextlib.contextmanager
+  def paused(self, state):
+    """Time spent inside is left out of the throughput.
+
+    Args:
+      state: the replicated state, waited for first: the steps dispatched
+        before count as training time.
+    """
+    jax.block_until_ready(state)
+    start = time.time()
+    try:
+      yield
+    finally:
+      self._paused += time.time() - start
+
+  def report(self, step: int, scalars: Optional[Dict[str, float]]):
+    """Logs the line of `step`; `scalars`: what `_check_finite_and_log`
+    wrote."""
+    if scalars is None or self._start is None:
+      return
+    now = time.time()
+    line = (f"step {step}/{self.total} (epoch "
+            f"{step / self.steps_per_epoch:.1f}) loss "
+            f"{scalars['train_loss']:.4g} acc {scalars['train_accuracy']:.3f}")
+    if "actual_sparsity" in scalars:
+      line += f" sparsity {scalars['actual_sparsity']:.3f}"
+    last_step, last_time, last_paused = self._last
+    busy = now - last_time - (self._paused - last_paused)
+    if step > last_step and busy > 0:
+      line += (f" | {(step - last_step) * self.batch_size / busy:,.0f} "
+               "img/s")
+    if step > self._start[0]:
+      per_step = (now - self._start[1]) / (step - self._start[0])
+      line += f" | ETA {_duration(per_step * (self.total - step))}"
+    self._last = (step, now, self._paused)
+    _console("%s", line)
+
+
+def _log_summary(summary: Dict[str, Any], workdir: str):
+  """The end of a run in a few lines; summary.json has all of it."""
+  evaluation = {k: summary[k] for k in ("eval_accuracy", "eval_top5_accuracy",
+                                        "eval_loss")}
+  best = ""
+  if "best_eval_accuracy" in summary:
+    best = (f" | best top-1 {summary['best_eval_accuracy']:.4f} at step "
+            f"{summary['best_eval_step']}")
+  _console("Final evaluation at step %d (the masks of the last refresh: the "
+           "model this run ships): %s%s", summary["steps"],
+           _eval_figures(evaluation), best)
+  _console("Sparsity %.4f (target %g): %s of %s prunable weights kept; "
+           "%s of %s MACs (%.0f%%)", summary["sparsity"],
+           summary["target_sparsity"], f"{summary['kept_params']:,}",
+           f"{summary['prunable_params']:,}", _count(summary["sparse_macs"]),
+           _count(summary["dense_macs"]),
+           100 * summary["sparse_macs"] / max(summary["dense_macs"], 1))
+  if summary["fatal_collapse"] and jax.process_index() == 0:
+    logging.warning("The model is cut off: %s",
+                    "; ".join(summary["fatal_collapse"]))
+  _console("Done in %s. summary.json, sparsity.txt and evaluations.json are "
+           "in %s", _duration(summary["wall_time_s"]), workdir)

@@ -10,13 +10,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory):
+def reference_console(tmp_path_factory):
   """An uninterrupted tiny run (tests/runs.py) through launch/train.py, on
-  one process with 4 devices: `(workdir, summary)`."""
+  one process with 4 devices: `(workdir, console)`, the console being its
+  stdout and stderr."""
   import runs  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("reference")
   result = runs.launch(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def reference(reference_console):
+  """The run of `reference_console`: `(workdir, summary)`."""
+  import runs  # pylint: disable=g-import-not-at-top
+  workdir, _ = reference_console
   return workdir, runs.read_summary(workdir)
 
 

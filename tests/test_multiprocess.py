@@ -7,6 +7,7 @@ same global batch.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,13 @@ def test_two_processes_match_one_process_on_four_devices(reference,
   for code, err in results:
     assert code == 0, err[-3000:]
   summary = runs.read_summary(multi)
+  # Process 0 prints the progress; process 1 only warnings and errors.
+  progress = re.compile(r"\d\d:\d\d:\d\d step \d+/46 .* ETA ")
+  assert len([l for l in results[0][1].splitlines()
+              if progress.match(l)]) == 10, results[0][1][-3000:]
+  info = re.compile(r"\d\d:\d\d:\d\d (?!WARNING|ERROR|CRITICAL)|I\d{4} ")
+  assert not [l for l in results[1][1].splitlines() if info.match(l)], (
+      results[1][1][-3000:])
 
   assert summary["process_count"] == 2 and summary["device_count"] == 4
   # Every replica on both processes holds the same bits.
