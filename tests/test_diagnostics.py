@@ -41,7 +41,7 @@ def test_snr_of_noise_is_near_the_noise_level():
   assert abs(stats["w"]["snr_p50"] - diagnostics.NOISE_ONLY_SNR) < 0.03
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_diagnose_writes_a_record_per_refresh(tmp_path):
   out = tmp_path / "diag"
   result = subprocess.run(

@@ -193,7 +193,7 @@ def test_quickstart_as_in_readme(quickstart_run):
   assert os.path.exists(workdir / "sparsity.txt")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_quickstart_at_99_percent_does_not_collapse(tmp_path):
   """The README command plus --config.sparsity=0.99: the reference's cadence
   collapsed there (eval accuracy 0.32-0.39, classes without weights)."""
