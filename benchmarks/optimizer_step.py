@@ -11,9 +11,11 @@ donated, as in a training step. The chains are
 
 with the masks refreshed once per 5,005 steps (an ImageNet epoch at batch
 256), so the timed steps are the steps between refreshes, which is almost
-every step. A refresh (the global top-k) is timed on its own. The runs
-alternate between the optimizers in this one process; the script prints the
-median of each and the ratios to plain SGD.
+every step. Each is timed twice: with the params and optimizer state donated
+to the step (as the training harness does) and without. A refresh (the
+global top-k) is timed on its own. The runs alternate between the
+optimizers in this one process; the script prints the median of each and the
+ratios to plain SGD.
 
   python benchmarks/optimizer_step.py [--repeats 7] [--steps 5]
 """
@@ -61,11 +63,11 @@ def make_optimizers():
           "magnitude + SGD": sparse("magnitude")}
 
 
-def make_step(tx):
+def make_step(tx, donate):
   def step(params, opt_state, grads):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
-  return jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def main():
@@ -80,16 +82,17 @@ def main():
   grads = jax.tree.map(lambda p: 1e-3 * p, params)
   num = sum(int(p.size) for p in jax.tree.leaves(params))
   runs = {}
-  for name, tx in make_optimizers().items():
-    p = jax.tree.map(jnp.copy, params)
-    state = tx.init(p)
-    step = make_step(tx)
-    p, state = step(p, state, grads)  # Compiles.
-    jax.block_until_ready(p)
-    runs[name] = [step, p, state, []]
+  for donate in (True, False):
+    for name, tx in make_optimizers().items():
+      p = jax.tree.map(jnp.copy, params)
+      state = tx.init(p)
+      step = make_step(tx, donate)
+      p, state = step(p, state, grads)  # Compiles.
+      jax.block_until_ready(p)
+      runs[(donate, name)] = [step, p, state, []]
 
   for _ in range(args.repeats):
-    for name, run in runs.items():
+    for run in runs.values():
       step, p, state, times = run
       start = time.perf_counter()
       for _ in range(args.steps):
@@ -97,8 +100,8 @@ def main():
       jax.block_until_ready(p)
       times.append((time.perf_counter() - start) / args.steps)
       run[1], run[2] = p, state
-    # Still no refresh: every timed step is a step between refreshes.
-  for name, (_, _, state, _) in runs.items():
+  # Still no refresh: every timed step is a step between refreshes.
+  for (_, name), (_, _, state, _) in runs.items():
     if name != "plain SGD":
       count = int(optg.get_optg_state(state).count)
       assert count < STEPS_PER_EPOCH, count
@@ -116,19 +119,23 @@ def main():
   device = jax.devices()[0]
   print(f"device: {device.platform} x{jax.device_count()}; ResNet-50 "
         f"parameters: {num:,} float32, "
-        f"{sum(int(k.size) for k in kernels):,} prunable")
-  base = statistics.median(runs["plain SGD"][3])
-  for name, (_, _, _, times) in runs.items():
-    median = statistics.median(times)
-    print(f"{name + ':':17s} {1e3 * median:8.1f} ms per step (median of "
-          f"{args.repeats} runs of {args.steps}); {median / base:.2f}x plain "
-          f"SGD")
+        f"{sum(int(k.size) for k in kernels):,} prunable; medians of "
+        f"{args.repeats} runs of {args.steps} steps")
+  for donate in (True, False):
+    print("params and optimizer state donated (as a training step):"
+          if donate else "not donated:")
+    base = statistics.median(runs[(donate, "plain SGD")][3])
+    for (d, name), (_, _, _, times) in runs.items():
+      if d == donate:
+        median = statistics.median(times)
+        print(f"  {name + ':':17s} {1e3 * median:7.1f} ms per step; "
+              f"{median / base:.2f}x plain SGD")
+  base = statistics.median(runs[(True, "plain SGD")][3])
   refresh_median = statistics.median(refresh_times)
   print(f"one refresh (top-k): {1e3 * refresh_median:.1f} ms; once per "
         f"{STEPS_PER_EPOCH:,} steps: "
-        f"+{100 * refresh_median / STEPS_PER_EPOCH / base:.3f}% of a plain "
-        f"SGD step")
-
+        f"+{100 * refresh_median / STEPS_PER_EPOCH / base:.3f}% of a donated "
+        f"plain SGD step")
 
 if __name__ == "__main__":
   main()
