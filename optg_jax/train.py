@@ -721,11 +721,11 @@ class _Run:
     self.local_device_count = jax.local_device_count()
     validate_config(config, jax.device_count())
     self.info = data.dataset_info(config)  # Raises DatasetError.
-    self.steps_per_epoch = data.steps_per_epoch(config, jax.process_count())
-    if self.steps_per_epoch < 1:
-      raise ConfigError(
-          f"batch_size {config.batch_size} is larger than the "
-          f"{self.info.num_train} training examples of {config.dataset}")
+    try:
+      self.steps_per_epoch = data.steps_per_epoch(config,
+                                                  jax.process_count())
+    except ValueError as e:  # A batch larger than the training split.
+      raise ConfigError(str(e)) from None
     self.total_steps = config.num_epochs * self.steps_per_epoch
     if config.num_train_steps > 0:
       self.total_steps = min(self.total_steps, config.num_train_steps)
@@ -1076,9 +1076,12 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
   first_step = step - len(host)  # 0-based index of host[0]'s step.
   for i, m in enumerate(host):
     if m["finite"] < 1:
+      what = (f"non-finite gradients (the loss, {float(m['loss']):.6g}, "
+              "is finite)" if np.isfinite(m["loss"]) else
+              f"a non-finite loss ({float(m['loss'])})")
       raise NonFiniteError(
-          f"non-finite loss or gradients at step {first_step + i} "
-          f"(loss {m['loss']}); stopping without saving a checkpoint")
+          f"{what} at step {first_step + i}; stopping without saving a "
+          "checkpoint")
   if not write:
     return None
   summary = {f"train_{k}": float(np.mean([m[k] for m in host]))

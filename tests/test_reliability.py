@@ -127,7 +127,9 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_last_checkpoint(
     monkeypatch, tmp_path):
   monkeypatch.setattr(data, "train_iterator", nan_at(13))
   workdir = str(tmp_path / "nan")
-  with pytest.raises(train.NonFiniteError, match="at step 13 "):
+  # A NaN pixel: here the loss stays finite, the gradients do not.
+  with pytest.raises(train.NonFiniteError, match=(
+      r"^non-finite gradients \(the loss, [0-9.]+, is finite\) at step 13; ")):
     train.train_and_evaluate(runs.tiny_config(), workdir)
   assert runs.checkpoint_steps(workdir) == [10]
   state = load_latest(workdir)
@@ -171,7 +173,7 @@ def test_nan_through_launch_exits_nonzero_with_one_line(tmp_path):
                           text=True, timeout=600)
   assert result.returncode == 3, result.stderr[-3000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "at step 7 " in errors[0]
+  assert len(errors) == 1 and "at step 7;" in errors[0]
   assert runs.checkpoint_steps(workdir) == []
   assert not (workdir / "summary.json").exists()
 
@@ -250,3 +252,16 @@ def test_no_readable_checkpoint_is_a_clear_error(stopped_at_20):
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
   # Left in place, so that running again does not silently start over.
   assert runs.checkpoint_steps(workdir) == [10, 20]
+
+
+def test_non_finite_message_says_whether_the_loss_was_finite():
+  finite_loss = [{"finite": np.array([0.0]), "loss": np.array([363.39])}]
+  with pytest.raises(train.NonFiniteError, match=(
+      r"^non-finite gradients \(the loss, 363\.39, is finite\) at step 10; "
+      r"stopping without saving a checkpoint$")):
+    train._check_finite_and_log(None, finite_loss, 11, None, None)  # pylint: disable=protected-access
+  inf_loss = [{"finite": np.array([1.0]), "loss": np.array([1.0])},
+              {"finite": np.array([0.0]), "loss": np.array([np.inf])}]
+  with pytest.raises(train.NonFiniteError,
+                     match=r"^a non-finite loss \(inf\) at step 6; "):
+    train._check_finite_and_log(None, inf_loss, 7, None, None)  # pylint: disable=protected-access

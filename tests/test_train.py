@@ -135,6 +135,8 @@ def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
     ("method", "snip", "unknown method"),
     ("dataset", "mnist", "unknown dataset"),
     ("num_epochs", 0, "num_epochs"),
+    ("batch_size", 1504, "batch_size=1504 is larger than the 1500 training "
+     "examples of 'digits'"),
     ("lr_schedule", "cosine", "unknown lr_schedule 'cosine'; valid: "
      "epochwise_cosine, warmup_cosine"),
     ("augmentation", "autoaugment", "unknown augmentation 'autoaugment'"),
@@ -166,6 +168,8 @@ def run_launch(args, env_extra=None, timeout=600):
 @pytest.mark.parametrize("override, message", [
     ("--config.sparsity=1.5", "sparsity must be a number in [0, 1)"),
     ("--config.dataset=cifar10", "tfds build cifar10"),
+    ("--config.batch_size=1504", "batch_size=1504 is larger than the 1500 "
+     "training examples of 'digits'"),
 ])
 def test_launch_bad_input_exits_nonzero_with_one_line(tmp_path, override,
                                                       message):
