@@ -122,3 +122,11 @@ def test_other_recipes_keep_the_per_step_schedule():
     config = get_config(name)
     assert config.lr_schedule == "warmup_cosine"
     assert config.model_kwargs.to_dict() == {}
+
+
+def test_cifar10_is_normalised_with_the_reference_constants():
+  from optg_jax.data import cifar10  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(np.array(cifar10.MEAN_RGB) / 255,
+                             [0.4914, 0.4822, 0.4465])
+  np.testing.assert_allclose(np.array(cifar10.STDDEV_RGB) / 255,
+                             [0.2023, 0.1994, 0.2010])
