@@ -149,18 +149,18 @@ def main(argv):
     logging.get_absl_handler().setLevel(std_logging.WARNING)
 
   from optg_jax import data  # pylint: disable=g-import-not-at-top
+  from optg_jax import errors  # pylint: disable=g-import-not-at-top
   from optg_jax import train  # pylint: disable=g-import-not-at-top
 
   logging.info("JAX process %d of %d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.ConfigError, data.DatasetError) as e:
+  except (errors.ConfigError, data.DatasetError, errors.NonFiniteError,
+          errors.CheckpointError, errors.WorkdirError) as e:
+    # One line and the exit code of the README's table (optg_jax.errors).
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (train.NonFiniteError, train.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    sys.exit(errors.exit_code(e))
   except train.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(0)

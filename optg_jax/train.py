@@ -15,10 +15,9 @@ import functools
 import hashlib
 import json
 import os
-import signal
-import threading
+import shutil
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -36,33 +35,30 @@ import optax
 import orbax.checkpoint as ocp
 
 import optg_jax as optg
+from optg_jax import checkpoints
 from optg_jax import data
 from optg_jax import flops
 from optg_jax import models
+from optg_jax import topk
+from optg_jax.checkpoints import checkpoint_manager
+from optg_jax.checkpoints import restore_latest
+from optg_jax.errors import CheckpointError
+from optg_jax.errors import ConfigChanged
+from optg_jax.errors import ConfigError
+from optg_jax.errors import NonFiniteError
+from optg_jax.errors import WorkdirBusy
+from optg_jax.errors import WorkdirError
+from optg_jax.preemption import Preempted
+from optg_jax.preemption import SigtermFlag
 
 METHODS = ("optg", "magnitude", "dense")
 LR_SCHEDULES = ("epochwise_cosine", "warmup_cosine")
 
 
-class ConfigError(ValueError):
-  """A configuration that cannot run; the message is one line."""
-
-
-class NonFiniteError(RuntimeError):
-  """The loss or the gradients stopped being finite."""
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint of the workdir can be read."""
-
-
-class Preempted(Exception):
-  """SIGTERM arrived: a checkpoint of the current step was saved."""
-
-  def __init__(self, step: int):
-    super().__init__(f"preempted: saved a checkpoint at step {step}; run the "
-                     "same command to continue")
-    self.step = step
+# Names the entry points and tests use from here.
+__all__ = ["CheckpointError", "ConfigChanged", "ConfigError", "NonFiniteError",
+           "Preempted", "WorkdirBusy", "WorkdirError", "checkpoint_manager",
+           "restore_latest", "train_and_evaluate"]
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -371,87 +367,6 @@ def eval_step(state: TrainState, masks, batch, *, model, config):
 # Helpers of the loop.
 
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """The workdir's manager: synchronous saves, the last `keep_checkpoints`."""
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          preservation_policy=ocp.checkpoint_managers.LatestN(
-              n=config.keep_checkpoints),
-          create=True, enable_async_checkpointing=False))
-
-
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
-                   workdir: Optional[str] = None) -> TrainState:
-  """The newest readable checkpoint restored into `state`'s structure.
-
-  Orbax writes a checkpoint into a temporary directory and renames it when
-  complete, so a checkpoint half-written when the process died is never
-  listed. A listed checkpoint that cannot be read (or holds non-finite
-  weights) is skipped with a warning and the previous one is tried; once
-  one is restored, the unreadable newer ones are moved to
-  `WORKDIR/corrupted_checkpoints/`. When none can be read they stay where
-  they are and CheckpointError is raised.
-
-  Args:
-    manager: the run's checkpoint manager.
-    state: a state with the run's structure (the freshly initialised one).
-    workdir: the run's workdir, where unreadable checkpoints are moved; if
-      None they stay in place.
-
-  Returns:
-    The restored state, or `state` itself when there is no checkpoint.
-
-  Raises:
-    CheckpointError: if there are checkpoints but none can be read.
-  """
-  steps = sorted(manager.all_steps(), reverse=True)
-  errors, unreadable = [], []
-  for step in steps:
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(state))
-      if not bool(_tree_all_finite(restored.params)):
-        raise ValueError("non-finite weights")
-      if int(restored.step) != step:
-        raise ValueError(f"it holds step {int(restored.step)}")
-    except Exception as e:  # pylint: disable=broad-except
-      reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-      errors.append(f"step {step}: {reason}")
-      logging.warning("Checkpoint of step %d in %s cannot be read (%s); "
-                      "trying the previous one", step, manager.directory,
-                      reason)
-      unreadable.append(step)
-      continue
-    logging.info("Restored the checkpoint of step %d from %s", step,
-                 manager.directory)
-    if unreadable and workdir is not None:
-      # Out of the way of the steps the run will save again.
-      if jax.process_index() == 0:
-        for bad in unreadable:
-          _set_aside(manager, bad, workdir)
-      if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("optg_set_aside_checkpoints")
-      manager.reload()
-    return restored
-  if steps:
-    # Left in place: a later run must not silently start from scratch.
-    raise CheckpointError(f"no readable checkpoint in {manager.directory} "
-                          f"({'; '.join(errors)})")
-  return state
-
-
-def _set_aside(manager: ocp.CheckpointManager, step: int, workdir: str):
-  """Moves an unreadable checkpoint out of the manager's directory."""
-  source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(workdir, "corrupted_checkpoints")
-  os.makedirs(target_dir, exist_ok=True)
-  target = os.path.join(target_dir, f"{step}-{int(time.time())}")
-  if os.path.isdir(source):
-    os.replace(source, target)
-    logging.warning("Moved the unreadable checkpoint %s to %s", source,
-                    target)
-
-
 def replicate(tree):
   """Copies a host pytree to every local device, stacked on a new axis 0.
 
@@ -473,16 +388,39 @@ def replicate(tree):
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
+  """Saves the replicated `state` with its digest (`checkpoints.save`).
+
+  A save that fails on the filesystem (a full disk, a read-only or vanished
+  directory) removes its temporary directory and raises WorkdirError: the
+  checkpoints saved before stay complete and listed.
+  """
   start = time.time()
   host_state = jax.device_get(jax_utils.unreplicate(state))
-  manager.save(int(host_state.step), args=ocp.args.StandardSave(host_state),
-               force=True)
-  manager.wait_until_finished()
-  _console("Saved the checkpoint of step %d in %s (%.1f s)",
-           int(host_state.step), manager.directory, time.time() - start)
+  step = int(host_state.step)
+  try:
+    checkpoints.save(manager, host_state)
+  except OSError as e:
+    if jax.process_index() == 0:
+      _remove_temporary(str(manager.directory), step)
+    raise WorkdirError(
+        f"cannot save the checkpoint of step {step} in {manager.directory}: "
+        f"{checkpoints.describe_os_error(e)}; the checkpoints saved before "
+        "are intact") from None
+  _console("Saved the checkpoint of step %d in %s (%.1f s)", step,
+           manager.directory, time.time() - start)
 
 
-def evaluate(p_eval_step, state, masks, config, local_device_count: int):
+def _remove_temporary(directory: str, step: int):
+  """Deletes what a failed save of `step` left (never a listed checkpoint)."""
+  if not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if name.startswith(f"{step}.") and "tmp" in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def evaluate(p_eval_step, state, masks, config, local_device_count: int,
+             interrupt: Optional[Callable[[], bool]] = None):
   """Loss, top-1 and top-5 over the whole eval split (every process).
 
   Args:
@@ -491,6 +429,8 @@ def evaluate(p_eval_step, state, masks, config, local_device_count: int):
     masks: the replicated masks to evaluate with; None for a dense run.
     config: the run's config.
     local_device_count: devices of this process.
+    interrupt: polled after each batch; when it returns True the evaluation
+      stops early and its figures are incomplete (the caller discards them).
 
   Returns:
     `eval_loss`, `eval_accuracy`, `eval_top5_accuracy`, `eval_examples` and,
@@ -504,6 +444,8 @@ def evaluate(p_eval_step, state, masks, config, local_device_count: int):
     sums = jax.tree.map(lambda x: float(x[0]), sums)
     totals = sums if totals is None else jax.tree.map(
         lambda a, b: a + b, totals, sums)
+    if interrupt is not None and interrupt():
+      break
   count = totals["count"]
   metrics = {"eval_loss": totals["loss"] / count,
              "eval_accuracy": totals["top1"] / count,
@@ -533,8 +475,9 @@ class EvalHistory:
   evaluations after its checkpoint (it computes them again).
   """
 
-  def __init__(self, workdir: str, start_step: int):
+  def __init__(self, workdir: str, start_step: int, read_only: bool = False):
     self.path = os.path.join(workdir, "evaluations.json")
+    self.read_only = read_only
     self.records = []
     if os.path.exists(self.path):
       with open(self.path) as f:
@@ -546,7 +489,7 @@ class EvalHistory:
               **{k: float(metrics[k]) for k in EVAL_FIGURES if k in metrics}}
     self.records = [r for r in self.records
                     if (r["step"], r["masks"]) != (step, masks)] + [record]
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not self.read_only:
       with open(self.path + ".tmp", "w") as f:
         json.dump(self.records, f, indent=1)
       os.replace(self.path + ".tmp", self.path)
@@ -697,12 +640,18 @@ def _collapse_note(findings) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _write_outputs(workdir, summary, table):
-  """summary.json and sparsity.txt, written atomically by process 0."""
+SUMMARY = "summary.json"
+EVAL_SUMMARY = "eval_summary.json"  # Of `eval_only`.
+
+
+def _write_outputs(workdir, summary, table, summary_name: str = SUMMARY):
+  """The summary and (if given) sparsity.txt, atomic, by process 0."""
   if jax.process_index() != 0:
     return
-  for name, text in (("summary.json", json.dumps(summary, indent=2) + "\n"),
-                     ("sparsity.txt", table)):
+  outputs = [(summary_name, json.dumps(summary, indent=2) + "\n")]
+  if table is not None:
+    outputs.append(("sparsity.txt", table))
+  for name, text in outputs:
     path = os.path.join(workdir, name)
     with open(path + ".tmp", "w") as f:
       f.write(text)
@@ -711,6 +660,41 @@ def _write_outputs(workdir, summary, table):
 
 # ---------------------------------------------------------------------------
 # The run.
+
+
+# How far below its target a run's last mask refresh may stay.
+TARGET_TOLERANCE = 1e-3
+
+
+def _shortfall_message(config, last: int, run_steps: int, every: int,
+                       steps_per_epoch: int, reached: float) -> str:
+  """What falls short and which fields to change (one line)."""
+  target, epochs = config.sparsity, config.num_epochs
+  fixes = []
+  last_epoch = last // steps_per_epoch
+  if last_epoch < epochs:
+    # The last refresh falls before the end: at the last epoch's sparsity.
+    fixes.append(f"an update_every_steps (now {every}) that divides the "
+                 f"run's {run_steps} steps")
+    centre_offset = last_epoch - epochs / 2
+  else:
+    centre_offset = epochs / 2
+  if centre_offset > 0:
+    # target * sigmoid(-beta * offset) <= tolerance.
+    beta = np.log(target / TARGET_TOLERANCE - 1.0) / centre_offset
+    fixes.insert(0, f"beta >= {np.ceil(beta * 100) / 100:g} (now "
+                 f"{config.beta:g})")
+  if last_epoch >= epochs:
+    # target * sigmoid(-beta * epochs / 2) <= tolerance.
+    needed = int(np.ceil(2 * np.log(target / TARGET_TOLERANCE - 1.0) /
+                         config.beta))
+    fixes.append(f"num_epochs >= {needed} (now {epochs})")
+  else:
+    fixes.append(f"more num_epochs (now {epochs})")
+  return (f"the last mask refresh (step {last} of {run_steps}) prunes to "
+          f"sparsity {reached:.4f}, short of the target {target:g} by "
+          f"{target - reached:.4f} (more than {TARGET_TOLERANCE:g}); set "
+          + " or ".join(fixes))
 
 
 class _Run:
@@ -732,26 +716,57 @@ class _Run:
     self.schedules = create_schedules(config, self.steps_per_epoch)
     self.tx = create_optimizer(config, self.schedules, self.steps_per_epoch)
     self.model = create_model(config, self.info.num_classes)
-    self._check_unit_floor()
+    self._check_target()
     self._p_masks = None
 
-  def _check_unit_floor(self):
-    """min_kept_per_unit must leave room within the target's kept count."""
-    floor = self.config.get("min_kept_per_unit", 0)
-    if not floor or self.config.method == "dense":
-      return
+  def _prunable_shapes(self):
     shapes = jax.eval_shape(
         lambda: self.model.init(jax.random.key(0), jnp.zeros(
             (1,) + tuple(self.info.image_shape)), train=False))["params"]
-    prunable = [x for x in jax.tree.leaves(shapes) if len(x.shape) >= 2]
+    return [x for x in jax.tree.leaves(shapes) if len(x.shape) >= 2]
+
+  def _check_target(self):
+    """Refuses a run that cannot reach its target sparsity.
+
+    A sparsity that keeps no weight, a refresh period longer than the run
+    (the masks would never be drawn), a last refresh that falls short of
+    the target by more than `TARGET_TOLERANCE`, and `min_kept_per_unit`
+    floors that need more weights than the target keeps. The schedule is
+    that of the whole run (`num_epochs`); `num_train_steps` only stops it
+    early.
+    """
+    config = self.config
+    if config.method == "dense":
+      return
+    prunable = self._prunable_shapes()
     total = sum(int(np.prod(x.shape)) for x in prunable)
-    forced = optg.forced_count(prunable, floor)
-    keep = total - int(round(self.config.sparsity * total))
-    if forced > keep:
+    keep = topk.num_to_keep(config.sparsity, total)
+    if keep == 0:
       raise ConfigError(
-          f"min_kept_per_unit={floor} keeps {forced:,} weights, more than "
-          f"the {keep:,} that sparsity {self.config.sparsity} keeps of "
-          f"{self.config.model}'s {total:,}")
+          f"sparsity {config.sparsity} keeps no weight of {config.model}'s "
+          f"{total:,} prunable weights; the largest sparsity that keeps one "
+          f"is {(total - 1) / total:.8f}")
+    run_steps = config.num_epochs * self.steps_per_epoch
+    every = update_every_steps(config, self.steps_per_epoch)
+    if every > run_steps:
+      raise ConfigError(
+          f"update_every_steps={every} is longer than the run ({run_steps} "
+          f"steps: num_epochs={config.num_epochs} x {self.steps_per_epoch} "
+          "steps per epoch): the masks would never be refreshed")
+    last = run_steps // every * every
+    reached = float(self.schedules.sparsity(last))
+    shortfall = config.sparsity - reached
+    if shortfall > TARGET_TOLERANCE:
+      raise ConfigError(_shortfall_message(config, last, run_steps, every,
+                                           self.steps_per_epoch, reached))
+    floor = config.get("min_kept_per_unit", 0)
+    if floor:
+      forced = optg.forced_count(prunable, floor)
+      if forced > keep:
+        raise ConfigError(
+            f"min_kept_per_unit={floor} keeps {forced:,} weights, more than "
+            f"the {keep:,} that sparsity {config.sparsity} keeps of "
+            f"{config.model}'s {total:,}")
 
   def initial_state(self) -> TrainState:
     rng = jax.random.key(self.config.seed)
@@ -851,29 +866,97 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
   """Trains (or resumes, or with `config.eval_only` evaluates) and summarises.
 
-  Nothing is written to `workdir` before the configuration and the dataset
-  are known to be usable. A workdir holding checkpoints resumes from the
-  latest one: params, batch statistics, optimizer state (scores and masks),
-  step and, through the step, the position in the data.
+  Nothing is written to `workdir` before the configuration, the dataset
+  and the workdir are known to be usable: a config that cannot run or
+  cannot reach its target, a workdir that is a file, in use by another run
+  (`WORKDIR/run.lock`), or holding checkpoints of another configuration
+  (`WORKDIR/config.json`) is refused first. A workdir holding checkpoints
+  resumes from the latest verified one: params, batch statistics, optimizer
+  state (scores and masks), step and, through the step, the position in the
+  data.
 
   Args:
     config: the run's `ml_collections.ConfigDict` (see `configs/`).
     workdir: where checkpoints, metrics, `summary.json` and `sparsity.txt` go.
 
   Returns:
-    The summary written to `WORKDIR/summary.json`.
+    The summary written to `WORKDIR/summary.json` (with `eval_only`:
+    `WORKDIR/eval_summary.json`).
+
+  Raises:
+    ConfigError (and its subclasses WorkdirBusy, ConfigChanged),
+    data.DatasetError: bad input, nothing written.
+    NonFiniteError, CheckpointError: the run cannot go on.
+    WorkdirError: the workdir cannot be written or vanished.
+    Preempted: SIGTERM; a checkpoint of the step reached is saved.
   """
   start_time = time.time()
   run = _Run(config)
-  workdir = os.path.abspath(workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if config.eval_only and not (os.path.isdir(ckpt_dir) and os.listdir(
-      ckpt_dir)):
-    raise ConfigError(f"eval_only: no checkpoint to evaluate in {ckpt_dir}")
+  place = checkpoints.Workdir(workdir)
+  place.check_usable()
+  if config.eval_only and not checkpoints.checkpoint_steps(place.path):
+    raise ConfigError(f"eval_only: no checkpoint to evaluate in "
+                      f"{os.path.join(place.path, 'checkpoints')}")
+  with SigtermFlag() as sigterm, place.claim(
+      config, record=not config.eval_only):
+    try:
+      if config.eval_only:
+        return _evaluate_only(run, place, sigterm, start_time)
+      return _train(run, place, sigterm, start_time)
+    except OSError as e:
+      if isinstance(e, WorkdirError):
+        raise
+      raise WorkdirError(f"I/O error in workdir {place.path}: "
+                         f"{checkpoints.describe_os_error(e)}") from None
 
-  state = run.initial_state()
-  manager = checkpoint_manager(workdir, config)
-  state = restore_latest(manager, state, workdir)
+
+def _restored(run: _Run, workdir: str):
+  """The checkpoint manager and the host state to start from."""
+  manager = checkpoint_manager(workdir, run.config)
+  state = restore_latest(manager, run.initial_state(), workdir)
+  return manager, state
+
+
+def _interruptible(sigterm: SigtermFlag):
+  """Polled between evaluation batches: SIGTERM stops an evaluation that
+  can be done again (one process; several agree at the end only)."""
+  if jax.process_count() > 1:
+    return None
+  return lambda: sigterm.received
+
+
+def _evaluate_only(run: _Run, place, sigterm: SigtermFlag,
+                   start_time: float) -> Dict[str, Any]:
+  """`eval_only`: evaluates the latest checkpoint into eval_summary.json.
+
+  The training's own outputs (summary.json, sparsity.txt,
+  evaluations.json) are left as they are.
+  """
+  _, state = _restored(run, place.path)
+  step = int(state.step)
+  _, p_eval = run.pmapped_steps()
+  state = replicate(jax.device_get(state))
+  history = EvalHistory(place.path, step, read_only=True)
+  eval_metrics = evaluate(p_eval, state, run.masks_in_force(state),
+                          run.config, run.local_device_count,
+                          interrupt=_interruptible(sigterm))
+  if sigterm.agreed(True):
+    raise Preempted(step, saved=False)
+  summary, _ = _summary(run, jax.device_get(jax_utils.unreplicate(state)),
+                        eval_metrics, time.time() - start_time)
+  summary.update(history.summary())
+  summary["eval_only"] = True
+  place.check_present(step)
+  _write_outputs(place.path, summary, None, summary_name=EVAL_SUMMARY)
+  _log_summary(summary, place.path, summary_name=EVAL_SUMMARY)
+  return summary
+
+
+def _train(run: _Run, place, sigterm: SigtermFlag,
+           start_time: float) -> Dict[str, Any]:
+  """Trains from the latest checkpoint to the end, then evaluates."""
+  config, workdir = run.config, place.path
+  manager, state = _restored(run, workdir)
   start_step = int(state.step)
   layers = model_layers(run.model, {"params": state.params,
                                     "batch_stats": state.batch_stats},
@@ -884,16 +967,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   p_train, p_eval = run.pmapped_steps()
   state = replicate(jax.device_get(state))
   history = EvalHistory(workdir, start_step)
-
-  if config.eval_only:
-    eval_metrics = evaluate(p_eval, state, run.masks_in_force(state), config,
-                            run.local_device_count)
-    summary, table = _summary(run, jax.device_get(
-        jax_utils.unreplicate(state)), eval_metrics, time.time() - start_time)
-    summary.update(_best_of(run, history, eval_metrics, start_step))
-    _write_outputs(workdir, summary, table)
-    _log_summary(summary, workdir)
-    return summary
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -921,49 +994,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_metrics = []
   last_saved = start_step
   progress = _Progress(run, start_step)
-  with _SigtermFlag() as sigterm:
-    for step in range(start_step, run.total_steps):
-      batch = next(train_iter)
-      done = step + 1
-      # The masks this step trains with, for an evaluation after it.
-      trained_masks = run.masks_in_force(state) if run.eval_due(done) else None
-      state, metrics = p_train(state, batch)
-      if step == start_step:
-        progress.start(metrics)  # Once compiled and run.
-      train_metrics.append(metrics)
-      for hook in hooks:
-        hook(done)
-      at_log = done % config.log_every_steps == 0 or done == run.total_steps
-      if at_log:
-        progress.report(done, _check_finite_and_log(
-            writer, train_metrics, done, state, config, watch=watch))
-        train_metrics = []
-      if run.eval_due(done):
-        # Before a SIGTERM stops the run: the masks it needs are in no
-        # checkpoint.
-        with progress.paused(state):
-          _epoch_evaluation(run, state, trained_masks, p_eval, writer,
-                            history, done)
-      del trained_masks
-      if sigterm.agreed(at_log):
-        _check_finite_and_log(writer, train_metrics, done, state, config,
-                              write=False)
-        if last_saved != done:
-          save_checkpoint(manager, state)
-        writer.flush()
-        raise Preempted(done)
-      last_saved = _periodic_work(run, state, writer, manager, done,
-                                  last_saved, train_metrics, progress)
+  for step in range(start_step, run.total_steps):
+    batch = next(train_iter)
+    done = step + 1
+    # The masks this step trains with, for an evaluation after it.
+    trained_masks = run.masks_in_force(state) if run.eval_due(done) else None
+    state, metrics = p_train(state, batch)
+    if step == start_step:
+      progress.start(metrics)  # Once compiled and run.
+    train_metrics.append(metrics)
+    for hook in hooks:
+      hook(done)
+    at_log = done % config.log_every_steps == 0 or done == run.total_steps
+    if at_log:
+      place.check_present(done)
+      progress.report(done, _check_finite_and_log(
+          writer, train_metrics, done, state, config, watch=watch))
+      train_metrics = []
+    if run.eval_due(done):
+      # Before a SIGTERM stops the run: the masks it needs are in no
+      # checkpoint.
+      with progress.paused(state):
+        _epoch_evaluation(run, state, trained_masks, p_eval, writer,
+                          history, done)
+    del trained_masks
+    if sigterm.agreed(at_log):
+      _check_finite_and_log(writer, train_metrics, done, state, config,
+                            write=False)
+      if last_saved != done:
+        place.check_present(done)
+        save_checkpoint(manager, state)
+      writer.flush()
+      raise Preempted(done)
+    last_saved = _periodic_work(run, place, state, writer, manager, done,
+                                last_saved, train_metrics, progress)
 
   if train_metrics:
     _check_finite_and_log(writer, train_metrics, run.total_steps, state,
                           config, watch=watch)
-  if last_saved != int(jax_utils.unreplicate(state.step)):
+  final_step = int(jax_utils.unreplicate(state.step))
+  if last_saved != final_step:
+    place.check_present(final_step)
     save_checkpoint(manager, state)
   # The model the run ships: the masks of the last refresh (get_masks).
   final_masks = run.masks_in_force(state)
   eval_metrics = evaluate(p_eval, state, final_masks, config,
-                          run.local_device_count)
+                          run.local_device_count,
+                          interrupt=_interruptible(sigterm))
+  if sigterm.agreed(True):
+    # Saved above: the same command evaluates it again.
+    writer.flush()
+    raise Preempted(final_step)
   writer.write_scalars(run.total_steps, {
       "final_" + k: v for k, v in eval_metrics.items()})
   fingerprints = replica_fingerprints(state)
@@ -980,6 +1061,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "actual_sparsity": summary["sparsity"],
       "best_eval_accuracy": summary["best_eval_accuracy"]})
   writer.flush()
+  place.check_present(final_step)
   _write_outputs(workdir, summary, table)
   _log_summary(summary, workdir)
   return summary
@@ -1008,7 +1090,7 @@ def _best_of(run, history: EvalHistory, final_metrics,
   return history.summary()
 
 
-def _periodic_work(run, state, writer, manager, done, last_saved,
+def _periodic_work(run, place, state, writer, manager, done, last_saved,
                    train_metrics, progress: "_Progress") -> int:
   """Checkpoints inside the loop; returns the last saved step."""
   config = run.config
@@ -1017,46 +1099,11 @@ def _periodic_work(run, state, writer, manager, done, last_saved,
   if done % config.checkpoint_every_steps == 0:
     _check_finite_and_log(writer, train_metrics, done, state, config,
                           write=False)
+    place.check_present(done)
     with progress.paused(state):
       save_checkpoint(manager, state)
     return done
   return last_saved
-
-
-class _SigtermFlag:
-  """Notes SIGTERM; all processes agree on when to stop.
-
-  One process reads its own flag after every step. Several processes must
-  stop at the same step, so they compare flags (a small all-gather) at each
-  logging step only, which keeps the hosts from syncing every step.
-  """
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-    return False
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping")
-    self.received = True
-
-  def agreed(self, at_sync_point: bool) -> bool:
-    if jax.process_count() == 1:
-      return self.received
-    if not at_sync_point:
-      return False
-    flags = multihost_utils.process_allgather(np.int32(self.received))
-    return bool(np.any(flags))
 
 
 def _check_finite_and_log(writer, train_metrics, step, state, config,
@@ -1203,16 +1250,18 @@ class _Progress:
     _console("%s", line)
 
 
-def _log_summary(summary: Dict[str, Any], workdir: str):
-  """The end of a run in a few lines; summary.json has all of it."""
+def _log_summary(summary: Dict[str, Any], workdir: str,
+                 summary_name: str = SUMMARY):
+  """The end of a run in a few lines; the summary file has all of it."""
   evaluation = {k: summary[k] for k in ("eval_accuracy", "eval_top5_accuracy",
                                         "eval_loss")}
   best = ""
   if "best_eval_accuracy" in summary:
     best = (f" | best top-1 {summary['best_eval_accuracy']:.4f} at step "
             f"{summary['best_eval_step']}")
-  _console("Final evaluation at step %d (the masks of the last refresh: the "
-           "model this run ships): %s%s", summary["steps"],
+  _console("%s at step %d (the masks of the last refresh: the model this run "
+           "ships): %s%s", "Evaluation (eval_only)" if summary_name !=
+           SUMMARY else "Final evaluation", summary["steps"],
            _eval_figures(evaluation), best)
   _console("Sparsity %.4f (target %g): %s of %s prunable weights kept; "
            "%s of %s MACs (%.0f%%)", summary["sparsity"],
@@ -1220,8 +1269,17 @@ def _log_summary(summary: Dict[str, Any], workdir: str):
            f"{summary['prunable_params']:,}", _count(summary["sparse_macs"]),
            _count(summary["dense_macs"]),
            100 * summary["sparse_macs"] / max(summary["dense_macs"], 1))
-  if summary["fatal_collapse"] and jax.process_index() == 0:
-    logging.warning("The model is cut off: %s",
-                    "; ".join(summary["fatal_collapse"]))
-  _console("Done in %s. summary.json, sparsity.txt and evaluations.json are "
-           "in %s", _duration(summary["wall_time_s"]), workdir)
+  if jax.process_index() == 0:
+    if summary["collapsed_layers"]:
+      logging.warning("Layers left with no kept weight at the end of the "
+                      "run: %s", ", ".join(summary["collapsed_layers"]))
+    if summary["fatal_collapse"]:
+      logging.warning("The model is cut off: %s",
+                      "; ".join(summary["fatal_collapse"]))
+  if summary_name == SUMMARY:
+    _console("Done in %s. summary.json, sparsity.txt and evaluations.json "
+             "are in %s", _duration(summary["wall_time_s"]), workdir)
+  else:
+    _console("Done in %s. %s is in %s (the training's summary.json is "
+             "unchanged)", _duration(summary["wall_time_s"]), summary_name,
+             workdir)

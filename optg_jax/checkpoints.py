@@ -1,0 +1,527 @@
+"""Checkpoints of a training run and the workdir that holds them.
+
+- Every checkpoint holds the state and, beside it in the same atomically
+  renamed step directory, the SHA-256 of that state (`state_digest`).
+  `restore_latest` recomputes it and checks that every floating-point leaf
+  is finite; a checkpoint that fails either, or cannot be read at all, is
+  skipped with a one-line warning, the previous one is tried, and the bad
+  ones are moved to `WORKDIR/corrupted_checkpoints/` once a good one loads.
+- `Workdir` is one run's claim on its directory: a lock held by process 0
+  for the whole run (`fcntl.flock` on `WORKDIR/run.lock`, so a second run or
+  an `eval_only` on the same workdir stops at once, naming the holder), the
+  record of the run's configuration (`WORKDIR/config.json`, which a restart
+  may not change but for bookkeeping fields), and a check that the
+  directory is still the one the run started in.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import logging as logging_lib
+import os
+import re
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+from optg_jax.errors import CheckpointError
+from optg_jax.errors import ConfigChanged
+from optg_jax.errors import ConfigError
+from optg_jax.errors import WorkdirBusy
+from optg_jax.errors import WorkdirError
+
+STATE_ITEM = "state"
+DIGEST_ITEM = "digest"
+LOCK_FILE = "run.lock"
+CONFIG_FILE = "config.json"
+SET_ASIDE_DIR = "corrupted_checkpoints"
+
+# Fields a restart may change: they decide what is logged, evaluated, kept
+# and where data is read from, never the weights a step computes. Every
+# other field (model, dataset, method, sparsity, epochs, schedules, batch,
+# seed, and any field added later) is part of the run's trajectory.
+BOOKKEEPING_FIELDS = frozenset({
+    "log_every_steps", "eval_every_epochs", "eval_batch_size",
+    "checkpoint_every_steps", "keep_checkpoints", "data_dir", "cache",
+    "eval_only", "num_train_steps",
+})
+
+
+# ---------------------------------------------------------------------------
+# Digests.
+
+
+def state_digest(tree) -> str:
+  """SHA-256 (hex) of every leaf of a host pytree: path, dtype, shape, bytes.
+
+  Two trees have the same digest exactly when they have the same structure
+  (paths), dtypes, shapes and bits.
+  """
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.ascontiguousarray(np.asarray(leaf))
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str((leaf.dtype.str, leaf.shape)).encode())
+    h.update(leaf.tobytes())
+  return h.hexdigest()
+
+
+def _first_non_finite(tree) -> Optional[str]:
+  """The path of the first floating-point leaf holding a NaN or Inf."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.inexact) or leaf.dtype.name == "bfloat16":
+      if not np.all(np.isfinite(leaf.astype(np.float32))):
+        return jax.tree_util.keystr(path)
+  return None
+
+
+# ---------------------------------------------------------------------------
+# Save and restore.
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """The workdir's manager: synchronous saves, the last `keep_checkpoints`."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(
+              n=config.keep_checkpoints),
+          create=True, enable_async_checkpointing=False,
+          # What a save that failed or was killed left behind.
+          cleanup_tmp_directories=True))
+
+
+class _HeldNoise(logging_lib.Filter):
+  """Holds the error logs and unraisable exceptions of a save or restore.
+
+  A save that fails on the filesystem (a full disk), or a restore of
+  damaged files, makes the storage layers log the same error from each of
+  their threads and report hundreds of "Event loop is closed" exceptions;
+  the caller says what failed in one line. What was held is passed on
+  unless `drop()` was called.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.records, self.unraisable = [], []
+    self._dropped = False
+
+  def filter(self, record):
+    if record.levelno >= logging_lib.ERROR:
+      self.records.append(record)
+      return False
+    return True
+
+  def drop(self):
+    """Drops what was held, and the "Event loop is closed" reports the
+    storage threads of the failed save still make after it returned."""
+    self._dropped = True
+    previous = self._previous_hook
+
+    def late(unraisable):
+      if not (isinstance(unraisable.exc_value, RuntimeError) and
+              "Event loop is closed" in str(unraisable.exc_value)):
+        previous(unraisable)
+
+    self._previous_hook = late
+
+  @contextlib.contextmanager
+  def installed(self):
+    logger = logging_lib.getLogger("absl")
+    self._previous_hook = sys.unraisablehook
+    sys.unraisablehook = self.unraisable.append
+    logger.addFilter(self)
+    try:
+      yield self
+    finally:
+      logger.removeFilter(self)
+      sys.unraisablehook = self._previous_hook
+      if not self._dropped:
+        for record in self.records:
+          logger.handle(record)
+        for unraisable in self.unraisable:
+          self._previous_hook(unraisable)
+
+
+def save(manager: ocp.CheckpointManager, host_state) -> str:
+  """Saves `host_state` (a host pytree with a `step`) and its digest.
+
+  Both go into the step's directory, which orbax writes under a temporary
+  name and renames when complete: a checkpoint is listed with its digest or
+  not at all.
+
+  Returns:
+    The digest.
+
+  Raises:
+    OSError: the filesystem refused the save (disk full, read-only, gone);
+      the storage layers' own reports of it are dropped.
+  """
+  step = int(host_state.step)
+  digest = state_digest(host_state)
+  with _HeldNoise().installed() as noise:
+    try:
+      manager.save(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardSave(host_state),
+          DIGEST_ITEM: ocp.args.JsonSave({"sha256": digest, "step": step}),
+      }), force=True)
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      cause = os_error_in(e)
+      if cause is None:
+        raise
+      noise.drop()
+      raise cause from None
+  return digest
+
+
+def os_error_in(error: BaseException) -> Optional[OSError]:
+  """The OSError behind `error`, if any.
+
+  The storage layers raise filesystem errors as other types (a ValueError
+  "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"):
+  an errno named in the message counts as that OSError.
+  """
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError):
+      return seen
+    text = str(seen)
+    match = re.search(r"os_error_code='?(\d+)", text)
+    if match:
+      code = int(match.group(1))
+      return OSError(code, os.strerror(code))
+    for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES,
+                 errno.ENOENT):
+      if os.strerror(code) in text:
+        return OSError(code, os.strerror(code))
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def _restore_verified(manager: ocp.CheckpointManager, step: int, template):
+  """The checkpoint of `step`, verified; ValueError says what is wrong."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      STATE_ITEM: ocp.args.StandardRestore(template),
+      DIGEST_ITEM: ocp.args.JsonRestore(),
+  }))
+  state, record = restored[STATE_ITEM], restored[DIGEST_ITEM]
+  if not isinstance(record, dict) or "sha256" not in record:
+    raise ValueError("it has no digest")
+  if state_digest(state) != record["sha256"]:
+    raise ValueError("its data does not match its SHA-256 digest (the "
+                     "files were altered after the save)")
+  bad = _first_non_finite(state)
+  if bad is not None:
+    raise ValueError(f"non-finite values in {bad}")
+  if int(state.step) != step:
+    raise ValueError(f"it holds step {int(state.step)}")
+  return state
+
+
+def _reason(error: BaseException) -> str:
+  """One readable line on why a checkpoint could not be read.
+
+  Some errors of the storage layers render as the repr of a bound method,
+  or not at all: the chain of causes is searched for a readable message.
+  """
+  seen = error
+  while seen is not None:
+    text = str(seen).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if line and "<bound method" not in line and " object at 0x" not in line:
+      return line[:200]
+    seen = seen.__cause__ or seen.__context__
+  return f"{type(error).__name__} while reading it"
+
+
+def restore_latest(manager: ocp.CheckpointManager, state,
+                   workdir: Optional[str] = None):
+  """The newest readable checkpoint restored into `state`'s structure.
+
+  Orbax writes a checkpoint into a temporary directory and renames it when
+  complete, so a checkpoint half-written when the process died is never
+  listed. A listed checkpoint that cannot be read, whose data does not
+  match its digest, or that holds a non-finite value anywhere (weights,
+  batch statistics, scores, momentum, masks) is skipped with a one-line
+  warning and the previous one is tried; once one is restored, the bad
+  newer ones are moved to `WORKDIR/corrupted_checkpoints/`. When none can be
+  read they stay where they are and CheckpointError is raised.
+
+  Args:
+    manager: the run's checkpoint manager.
+    state: a host state with the run's structure (the initialised one).
+    workdir: the run's workdir, where unreadable checkpoints are moved; if
+      None they stay in place.
+
+  Returns:
+    The restored state, or `state` itself when there is no checkpoint.
+
+  Raises:
+    CheckpointError: if there are checkpoints but none can be read.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors, unreadable = [], []
+  for step in steps:
+    try:
+      with _HeldNoise().installed() as noise:
+        try:
+          restored = _restore_verified(manager, step, state)
+        except Exception:  # pylint: disable=broad-except
+          noise.drop()  # The warning below says it in one line.
+          raise
+    except Exception as e:  # pylint: disable=broad-except
+      reason = _reason(e)
+      errors.append(f"step {step}: {reason}")
+      logging.warning("The checkpoint of step %d in %s cannot be used: %s; "
+                      "trying the previous one", step, manager.directory,
+                      reason)
+      unreadable.append(step)
+      continue
+    logging.info("Restored the checkpoint of step %d from %s (SHA-256 "
+                 "verified)", step, manager.directory)
+    if unreadable and workdir is not None:
+      # Out of the way of the steps the run will save again.
+      if jax.process_index() == 0:
+        for bad in unreadable:
+          set_aside(manager, bad, workdir)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("optg_set_aside_checkpoints")
+      manager.reload()
+    return restored
+  if steps:
+    # Left in place: a later run must not silently start from scratch.
+    raise CheckpointError(f"no readable checkpoint in {manager.directory} "
+                          f"({'; '.join(errors)})")
+  return state
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int, workdir: str):
+  """Moves a bad checkpoint to `WORKDIR/corrupted_checkpoints/STEP-TIME`."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(workdir, SET_ASIDE_DIR)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+  if os.path.isdir(source):
+    os.replace(source, target)
+    logging.warning("Moved the bad checkpoint of step %d to %s", step,
+                    target)
+
+
+def checkpoint_steps(workdir: str) -> List[int]:
+  """The steps of the complete checkpoints in a workdir (read only)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+# ---------------------------------------------------------------------------
+# The configuration record.
+
+
+def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_record(config) -> Dict[str, Any]:
+  """The config as `config.json` holds it (JSON types)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def config_changes(recorded: Dict[str, Any],
+                   current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+  """`(field, old, new)` for each trajectory field that differs.
+
+  Nested fields are dotted (`model_kwargs.kernel_init`); a field only one
+  side has (a field the package added or dropped since) is not compared.
+  """
+  old, new = _flat(recorded), _flat(current)
+  changes = []
+  for key in sorted(old.keys() & new.keys()):
+    if key.split(".")[0] in BOOKKEEPING_FIELDS:
+      continue
+    if old[key] != new[key]:
+      changes.append((key, old[key], new[key]))
+  return changes
+
+
+def check_config_record(workdir: str, config) -> None:
+  """Refuses a restart whose config changes the recorded run's trajectory.
+
+  Only a workdir with checkpoints is compared: without one there is no run
+  to continue, and the record is rewritten.
+
+  Raises:
+    ConfigChanged: listing each changed field with its old and new value.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path) or not checkpoint_steps(workdir):
+    return
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read {path} ({e}); it records the config of "
+                      "the run in this workdir") from None
+  changes = config_changes(recorded, config_record(config))
+  if changes:
+    listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in changes)
+    raise ConfigChanged(
+        f"workdir {workdir} holds a run of another configuration: changed "
+        f"{listed}; use a new workdir, or the recorded values "
+        f"(in {path}) to continue it")
+
+
+def write_config_record(workdir: str, config) -> None:
+  """Writes `WORKDIR/config.json` atomically (process 0)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(config_record(config), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------
+# The workdir.
+
+
+def _agree(flag: bool) -> bool:
+  """True on every process if `flag` is true on any."""
+  if jax.process_count() == 1:
+    return flag
+  flags = multihost_utils.process_allgather(np.int32(flag))
+  return bool(np.any(flags))
+
+
+def describe_os_error(error: OSError) -> str:
+  """`No space left on device: /path` from an OSError."""
+  what = error.strerror or str(error) or type(error).__name__
+  return f"{what}: {error.filename}" if error.filename else what
+
+
+class Workdir:
+  """One run's claim on its workdir: lock, config record, presence.
+
+  Use as `with Workdir(path).claim(config):`. Process 0 holds the lock; the
+  other processes learn whether it got it. Nothing is created before the
+  checks that can refuse the run have passed.
+  """
+
+  def __init__(self, path: str):
+    self.path = os.path.abspath(path)
+    self._fd = None
+    self._identity = None
+
+  def check_usable(self) -> None:
+    """A path that is not a directory is bad input (exit 2)."""
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise ConfigError(f"workdir {self.path} exists and is not a directory")
+    parent = os.path.dirname(self.path)
+    while parent and not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+      raise ConfigError(f"workdir {self.path}: {parent} is not a directory")
+
+  @contextlib.contextmanager
+  def claim(self, config, *, record: bool = True):
+    """Checks, locks and (with `record`) records the config; yields self.
+
+    Raises:
+      ConfigError: the path is a file.
+      ConfigChanged: the workdir holds a run of another configuration.
+      WorkdirBusy: another process holds the lock.
+      WorkdirError: the workdir cannot be created or written.
+    """
+    self.check_usable()
+    check_config_record(self.path, config)  # Reads only.
+    failure = None
+    if jax.process_index() == 0:
+      try:
+        self._lock()
+      except (WorkdirBusy, WorkdirError) as e:
+        failure = e
+    if _agree(failure is not None):
+      if failure is not None:
+        raise failure
+      raise WorkdirBusy(f"workdir {self.path}: process 0 could not lock it")
+    try:
+      check_config_record(self.path, config)  # Again, under the lock.
+      if record:
+        try:
+          write_config_record(self.path, config)
+        except OSError as e:
+          raise WorkdirError(f"cannot write to workdir {self.path}: "
+                             f"{describe_os_error(e)}") from None
+      stat = os.stat(self.path)
+      self._identity = (stat.st_dev, stat.st_ino)
+      yield self
+    finally:
+      self._unlock()
+
+  def _lock(self) -> None:
+    path = os.path.join(self.path, LOCK_FILE)
+    try:
+      os.makedirs(self.path, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f"cannot write to workdir {self.path}: "
+                         f"{describe_os_error(e)}") from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        os.close(fd)
+        raise WorkdirError(f"cannot lock {path}: {describe_os_error(e)}"
+                           ) from None
+      holder = os.read(fd, 512).decode(errors="replace").strip()
+      os.close(fd)
+      raise WorkdirBusy(
+          f"workdir {self.path} is in use by another run "
+          f"({holder or 'holder unknown'}); wait for it to end or use "
+          "another workdir") from None
+    since = datetime.datetime.now().isoformat(timespec="seconds")
+    holder = f"host {socket.gethostname()}, pid {os.getpid()}, since {since}"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (holder + "\n").encode(), 0)
+    self._fd = fd
+
+  def _unlock(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def check_present(self, step: int) -> None:
+    """Stops the run (WorkdirError) if the workdir was deleted or moved.
+
+    Every process must call it at the same steps (they agree on the answer).
+    """
+    try:
+      stat = os.stat(self.path)
+      moved = (stat.st_dev, stat.st_ino) != self._identity
+    except OSError:
+      moved = True
+    if _agree(moved):
+      raise WorkdirError(
+          f"the workdir {self.path} vanished at step {step} (deleted, moved "
+          "or replaced); stopping, since nothing more can be saved there")
