@@ -23,9 +23,9 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from configs import quickstart
+from optg_jax import checkpoints
 from optg_jax import data
 from optg_jax import train
 
@@ -65,7 +65,7 @@ def main():
   for step in sorted(trained):
     if step not in manager.all_steps():
       continue
-    state = manager.restore(step, args=ocp.args.StandardRestore(template))
+    state = checkpoints.restore(manager, step, template)
     state = train.replicate(jax.device_get(state))
     refreshed = train.evaluate(p_eval, state, run.masks_in_force(state),
                                config, jax.local_device_count())

@@ -91,15 +91,21 @@ def _first_non_finite(tree) -> Optional[str]:
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """The workdir's manager: synchronous saves, the last `keep_checkpoints`."""
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          preservation_policy=ocp.checkpoint_managers.LatestN(
-              n=config.keep_checkpoints),
-          create=True, enable_async_checkpointing=False,
-          # What a save that failed or was killed left behind.
-          cleanup_tmp_directories=True))
+  """The workdir's manager: synchronous saves, the last `keep_checkpoints`.
+
+  Orbax logs an error for each step whose metadata it cannot read; those
+  steps are reported (one warning each) by `restore_latest` instead.
+  """
+  with _HeldNoise(only="Failed to read Metadata file").installed() as noise:
+    noise.drop()
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(
+                n=config.keep_checkpoints),
+            create=True, enable_async_checkpointing=False,
+            # What a save that failed or was killed left behind.
+            cleanup_tmp_directories=True))
 
 
 class _HeldNoise(logging_lib.Filter):
@@ -112,13 +118,16 @@ class _HeldNoise(logging_lib.Filter):
   unless `drop()` was called.
   """
 
-  def __init__(self):
+  def __init__(self, only: Optional[str] = None):
+    """`only`: hold just the error logs that start with this text."""
     super().__init__()
     self.records, self.unraisable = [], []
     self._dropped = False
+    self._only = only
 
   def filter(self, record):
-    if record.levelno >= logging_lib.ERROR:
+    if record.levelno >= logging_lib.ERROR and (
+        self._only is None or record.getMessage().startswith(self._only)):
       self.records.append(record)
       return False
     return True
@@ -210,8 +219,13 @@ def os_error_in(error: BaseException) -> Optional[OSError]:
   return None
 
 
-def _restore_verified(manager: ocp.CheckpointManager, step: int, template):
-  """The checkpoint of `step`, verified; ValueError says what is wrong."""
+def restore(manager: ocp.CheckpointManager, step: int, template):
+  """The checkpoint of `step` in `template`'s structure, verified.
+
+  Raises:
+    ValueError: saying what is wrong (digest, non-finite leaf, step); or
+      the storage layers' error for files that cannot be read.
+  """
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE_ITEM: ocp.args.StandardRestore(template),
       DIGEST_ITEM: ocp.args.JsonRestore(),
@@ -277,7 +291,7 @@ def restore_latest(manager: ocp.CheckpointManager, state,
     try:
       with _HeldNoise().installed() as noise:
         try:
-          restored = _restore_verified(manager, step, state)
+          restored = restore(manager, step, state)
         except Exception:  # pylint: disable=broad-except
           noise.drop()  # The warning below says it in one line.
           raise
@@ -331,16 +345,6 @@ def checkpoint_steps(workdir: str) -> List[int]:
 # The configuration record.
 
 
-def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_record(config) -> Dict[str, Any]:
   """The config as `config.json` holds it (JSON types)."""
   return json.loads(json.dumps(config.to_dict(), default=str))
@@ -350,17 +354,12 @@ def config_changes(recorded: Dict[str, Any],
                    current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
   """`(field, old, new)` for each trajectory field that differs.
 
-  Nested fields are dotted (`model_kwargs.kernel_init`); a field only one
-  side has (a field the package added or dropped since) is not compared.
+  A nested field (`model_kwargs`) is compared as a whole. A field only one
+  side has (one the package added or dropped since) is not compared.
   """
-  old, new = _flat(recorded), _flat(current)
-  changes = []
-  for key in sorted(old.keys() & new.keys()):
-    if key.split(".")[0] in BOOKKEEPING_FIELDS:
-      continue
-    if old[key] != new[key]:
-      changes.append((key, old[key], new[key]))
-  return changes
+  return [(key, recorded[key], current[key])
+          for key in sorted(recorded.keys() & current.keys())
+          if key not in BOOKKEEPING_FIELDS and recorded[key] != current[key]]
 
 
 def check_config_record(workdir: str, config) -> None:

@@ -697,6 +697,51 @@ def _shortfall_message(config, last: int, run_steps: int, every: int,
           + " or ".join(fixes))
 
 
+def check_target(config, steps_per_epoch: int, prunable) -> None:
+  """Refuses (ConfigError) a run that cannot reach its target sparsity.
+
+  A sparsity that keeps no weight, a refresh period longer than the run
+  (the masks would never be drawn), a last refresh that falls short of the
+  target by more than `TARGET_TOLERANCE`, and `min_kept_per_unit` floors
+  that need more weights than the target keeps. The schedule is that of the
+  whole run (`num_epochs`); `num_train_steps` only stops it early.
+
+  Args:
+    config: the run's config (not a dense one).
+    steps_per_epoch: optimizer steps per epoch.
+    prunable: the prunable leaves (arrays or shape structs), for the counts.
+  """
+  total = sum(int(np.prod(x.shape)) for x in prunable)
+  keep = topk.num_to_keep(config.sparsity, total)
+  if keep == 0:
+    raise ConfigError(
+        f"sparsity {config.sparsity} keeps no weight of {config.model}'s "
+        f"{total:,} prunable weights; the largest sparsity that keeps one "
+        f"is {(total - 1) / total:.8f}")
+  run_steps = config.num_epochs * steps_per_epoch
+  every = update_every_steps(config, steps_per_epoch)
+  if every > run_steps:
+    raise ConfigError(
+        f"update_every_steps={every} is longer than the run ({run_steps} "
+        f"steps: num_epochs={config.num_epochs} x {steps_per_epoch} steps "
+        "per epoch): the masks would never be refreshed")
+  last = run_steps // every * every
+  schedule = optg.sigmoid_sparsity_schedule(
+      config.sparsity, config.num_epochs, steps_per_epoch, beta=config.beta)
+  reached = float(schedule(last))
+  if config.sparsity - reached > TARGET_TOLERANCE:
+    raise ConfigError(_shortfall_message(config, last, run_steps, every,
+                                         steps_per_epoch, reached))
+  floor = config.get("min_kept_per_unit", 0)
+  if floor:
+    forced = optg.forced_count(prunable, floor)
+    if forced > keep:
+      raise ConfigError(
+          f"min_kept_per_unit={floor} keeps {forced:,} weights, more than "
+          f"the {keep:,} that sparsity {config.sparsity} keeps of "
+          f"{config.model}'s {total:,}")
+
+
 class _Run:
   """Everything derived from the config before anything is written."""
 
@@ -726,47 +771,8 @@ class _Run:
     return [x for x in jax.tree.leaves(shapes) if len(x.shape) >= 2]
 
   def _check_target(self):
-    """Refuses a run that cannot reach its target sparsity.
-
-    A sparsity that keeps no weight, a refresh period longer than the run
-    (the masks would never be drawn), a last refresh that falls short of
-    the target by more than `TARGET_TOLERANCE`, and `min_kept_per_unit`
-    floors that need more weights than the target keeps. The schedule is
-    that of the whole run (`num_epochs`); `num_train_steps` only stops it
-    early.
-    """
-    config = self.config
-    if config.method == "dense":
-      return
-    prunable = self._prunable_shapes()
-    total = sum(int(np.prod(x.shape)) for x in prunable)
-    keep = topk.num_to_keep(config.sparsity, total)
-    if keep == 0:
-      raise ConfigError(
-          f"sparsity {config.sparsity} keeps no weight of {config.model}'s "
-          f"{total:,} prunable weights; the largest sparsity that keeps one "
-          f"is {(total - 1) / total:.8f}")
-    run_steps = config.num_epochs * self.steps_per_epoch
-    every = update_every_steps(config, self.steps_per_epoch)
-    if every > run_steps:
-      raise ConfigError(
-          f"update_every_steps={every} is longer than the run ({run_steps} "
-          f"steps: num_epochs={config.num_epochs} x {self.steps_per_epoch} "
-          "steps per epoch): the masks would never be refreshed")
-    last = run_steps // every * every
-    reached = float(self.schedules.sparsity(last))
-    shortfall = config.sparsity - reached
-    if shortfall > TARGET_TOLERANCE:
-      raise ConfigError(_shortfall_message(config, last, run_steps, every,
-                                           self.steps_per_epoch, reached))
-    floor = config.get("min_kept_per_unit", 0)
-    if floor:
-      forced = optg.forced_count(prunable, floor)
-      if forced > keep:
-        raise ConfigError(
-            f"min_kept_per_unit={floor} keeps {forced:,} weights, more than "
-            f"the {keep:,} that sparsity {config.sparsity} keeps of "
-            f"{config.model}'s {total:,}")
+    if self.config.method != "dense":
+      check_target(self.config, self.steps_per_epoch, self._prunable_shapes())
 
   def initial_state(self) -> TrainState:
     rng = jax.random.key(self.config.seed)

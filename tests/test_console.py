@@ -130,4 +130,6 @@ def test_verbosity_1_brings_the_library_logs_back(reference_console,
   # ... but not their DEBUG logs (thousands of lines a run).
   assert len(lines) < 300, len(lines)
   assert any("Restored the checkpoint of step 46" in line for line in lines)
-  assert any("Final evaluation at step 46" in line for line in lines)
+  assert any("Evaluation (eval_only) at step 46" in line for line in lines)
+  assert (workdir / "eval_summary.json").exists()
+  assert not (workdir / "summary.json").exists()

@@ -47,12 +47,12 @@ def test_diagnose_writes_a_record_per_refresh(tmp_path):
   result = subprocess.run(
       [sys.executable, "launch/diagnose.py", "--config=configs/quickstart.py",
        f"--output={out}", "--config.num_epochs=2",
-       "--config.warmup_epochs=0", "--config.update_every_steps=5",
-       "--config.sparsity=0.8", "--config.beta=4", "--record_every=2"],
+       "--config.warmup_epochs=0", "--config.update_every_steps=2",
+       "--config.sparsity=0.8", "--config.beta=8", "--record_every=5"],
       cwd=runs.ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   records = json.load(open(out / "refreshes.json"))["refreshes"]
-  # 46 steps: refreshes at steps 5, 10, ..., 45; every second recorded.
+  # 46 steps: refreshes at steps 2, 4, ..., 46; every fifth recorded.
   assert [r["step"] for r in records] == [10, 20, 30, 40]
   for r in records:
     assert set(r["layers"]) >= {"conv_init/kernel", "head/kernel"}

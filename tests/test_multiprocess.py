@@ -75,8 +75,8 @@ def test_two_processes_match_one_process_on_four_devices(reference,
   events = [name for name in os.listdir(multi) if "tfevents" in name]
   assert len(events) == 1
   assert sorted(n for n in os.listdir(multi) if not n.startswith("events")
-                ) == ["checkpoints", "evaluations.json", "sparsity.txt",
-                      "summary.json"]
+                ) == ["checkpoints", "config.json", "evaluations.json",
+                      "run.lock", "sparsity.txt", "summary.json"]
   assert [(r["step"], r["masks"]) for r in summary["evaluations"]] == [
       (23, "trained"), (46, "trained"), (46, "final")]
 

@@ -72,7 +72,7 @@ def _study_command(workdir, data_dir, doc=None):
       f"--workdir={workdir}", f"--config.data_dir={data_dir}",
       "--config.model=lenet_300_100", "--config.num_epochs=2",
       "--config.warmup_epochs=0", "--config.batch_size=40",
-      "--config.eval_batch_size=20", "--config.beta=4",
+      "--config.eval_batch_size=20", "--config.beta=8",
       "--config.log_every_steps=3", "--config.checkpoint_every_steps=4"]
   if doc:
     command += [f"--doc={doc}", "--section=tiny"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import optg_jax as optg
+from optg_jax import checkpoints
 from optg_jax import data
 from optg_jax import train
 import runs
@@ -50,10 +51,10 @@ def test_short_run_writes_summary_and_table(finished_run):
   for key in ("eval_accuracy", "eval_loss", "sparsity", "dense_macs",
               "sparse_macs"):
     assert key in summary
-  # The last refresh (t + 1 = 45 of 46 steps) kept exactly
+  # The last refresh (t + 1 = 46 of 46 steps) kept exactly
   # N - round(s * N) weights, s the float32 scheduled sparsity.
   s = np.float32(optg.sigmoid_sparsity_schedule(0.8, 2, steps_per_epoch,
-                                                4.0)(45))
+                                                8.0)(46))
   n = summary["prunable_params"]
   assert summary["kept_params"] == n - round(fractions.Fraction(float(s)) * n)
   assert summary["sparsity"] == pytest.approx(1 - summary["kept_params"] / n)
@@ -70,8 +71,7 @@ def _evaluate(config, workdir, step, masks_of):
   """Evaluates the checkpoint of `step` with `masks_of(host_state)`."""
   run = train._Run(config)  # pylint: disable=protected-access
   manager = train.checkpoint_manager(workdir, config)
-  state = manager.restore(step, args=train.ocp.args.StandardRestore(
-      run.initial_state()))
+  state = checkpoints.restore(manager, step, run.initial_state())
   _, p_eval = run.pmapped_steps()
   masks = train.replicate(masks_of(state))
   return train.evaluate(p_eval, train.replicate(state), masks, config,
@@ -195,6 +195,15 @@ def test_quickstart_as_in_readme(quickstart_run):
     assert key in summary
   assert summary["sparse_macs"] < 0.25 * summary["dense_macs"]
   assert os.path.exists(workdir / "sparsity.txt")
+  # The figures the README quotes, within the tolerance it states.
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  quoted = readme.split("ends with, in\n`/tmp/optg_quickstart/summary.json`:")[1]
+  accuracy = float(quoted.split('"eval_accuracy": ')[1].split(",")[0])
+  sparse_macs = int(quoted.split('"sparse_macs": ')[1].split(",")[0])
+  kept = int(quoted.split("(")[2].split(" of 270,608")[0].replace(",", ""))
+  assert abs(summary["eval_accuracy"] - accuracy) <= 0.015
+  assert abs(summary["sparse_macs"] / sparse_macs - 1) <= 0.05
+  assert summary["kept_params"] == kept
 
 
 @pytest.mark.long
