@@ -111,6 +111,7 @@ def bump_first_momentum(state, value=None):
 # Verified checkpoints.
 
 
+@pytest.mark.long
 def test_flipped_bits_in_the_newest_checkpoint_are_detected_and_the_run_ends_as_uninterrupted(
     reference, tmp_path, caplog):
   """The issue's probe: 16 bytes of the newest step's largest data file with
@@ -187,21 +188,47 @@ def test_unreadable_reason_is_a_readable_line():
 # One writer per workdir.
 
 
+SLOW_RUN_SCRIPT = """
+import runpy, sys, time
+sys.path.insert(0, {root!r})
+from optg_jax import data
+original = data.train_iterator
+def train_iterator(config, start_step=0, **kwargs):
+  for i, batch in enumerate(original(config, start_step=start_step, **kwargs)):
+    if start_step + i >= 10:
+      time.sleep(0.8)  # Slower, not different: the same batches.
+    yield batch
+data.train_iterator = train_iterator
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.long
 def test_second_run_and_eval_only_on_a_workdir_in_use_exit_2(reference,
                                                              tmp_path):
+  """While a run trains (slowed down to leave time), the same command and
+  an `eval_only` on its workdir each exit 2 with one line naming the
+  holder; the run's result is that of the undisturbed reference."""
   _, expected = reference
   workdir = tmp_path / "busy"
-  first = runs.start(workdir)
+  first = subprocess.Popen(
+      [sys.executable, "-c", SLOW_RUN_SCRIPT.format(
+          root=runs.ROOT, argv=runs.launch_args(workdir))],
+      cwd=runs.ROOT, env=runs.device_env(4), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
   runs.wait_for_checkpoint(first, workdir)
-  for extra in ({}, {"eval_only": True}):
-    start = time.time()
-    second = runs.launch(workdir, **extra)
-    assert second.returncode == errors.EXIT_BAD_INPUT, second.stderr[-3000:]
-    lines = error_lines(second)
-    assert len(lines) == 1, second.stderr[-3000:]
+  start = time.time()
+  others = [runs.start(workdir, **extra) for extra in ({}, {"eval_only": True})]
+  for other in others:
+    out, err = other.communicate(timeout=600)
+    assert other.returncode == errors.EXIT_BAD_INPUT, err[-3000:]
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]
     assert f"workdir {workdir} is in use by another run" in lines[0]
     assert f"pid {first.pid}," in lines[0]
-    assert time.time() - start < 60
+  assert time.time() - start < 60
+  assert first.poll() is None  # Still training when both were refused.
   out, err = first.communicate(timeout=600)
   assert first.returncode == 0, err[-3000:]
   assert_same_figures(runs.read_summary(workdir), expected)
@@ -322,6 +349,7 @@ def test_workdir_that_is_a_file_is_bad_input(tmp_path):
   assert path.read_text() == "x"
 
 
+@pytest.mark.long
 def test_workdir_deleted_mid_run_stops_it_with_exit_4(tmp_path):
   workdir = tmp_path / "vanishing"
   process = runs.start(workdir)
@@ -359,6 +387,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
+@pytest.mark.long
 def test_full_disk_while_saving_exits_4_and_keeps_the_checkpoints(
     reference, tmp_path):
   _, expected = reference
@@ -381,6 +410,7 @@ def test_full_disk_while_saving_exits_4_and_keeps_the_checkpoints(
   assert_same_figures(runs.read_summary(workdir), expected)
 
 
+@pytest.mark.long
 def test_full_disk_on_a_real_filesystem(tmp_path):
   """A 3 MB tmpfs: the first checkpoint (about 3.4 MB) does not fit. The
   storage layers' hundreds of error reports become one line; no temporary
