@@ -10,7 +10,6 @@ magnitude pruning through the same transform) or "dense" (no masks), so the
 baselines run through the same code.
 """
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -36,6 +35,7 @@ import orbax.checkpoint as ocp
 
 import optg_jax as optg
 from optg_jax import checkpoints
+from optg_jax import console
 from optg_jax import data
 from optg_jax import flops
 from optg_jax import models
@@ -406,7 +406,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
         f"cannot save the checkpoint of step {step} in {manager.directory}: "
         f"{checkpoints.describe_os_error(e)}; the checkpoints saved before "
         "are intact") from None
-  _console("Saved the checkpoint of step %d in %s (%.1f s)", step,
+  console.info("Saved the checkpoint of step %d in %s (%.1f s)", step,
            manager.directory, time.time() - start)
 
 
@@ -954,7 +954,7 @@ def _evaluate_only(run: _Run, place, sigterm: SigtermFlag,
   summary["eval_only"] = True
   place.check_present(step)
   _write_outputs(place.path, summary, None, summary_name=EVAL_SUMMARY)
-  _log_summary(summary, place.path, summary_name=EVAL_SUMMARY)
+  console.log_summary(summary, place.path, summary_name=EVAL_SUMMARY)
   return summary
 
 
@@ -999,7 +999,8 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
 
   train_metrics = []
   last_saved = start_step
-  progress = _Progress(run, start_step)
+  progress = console.Progress(run.total_steps, run.steps_per_epoch,
+                             config.batch_size, start_step)
   for step in range(start_step, run.total_steps):
     batch = next(train_iter)
     done = step + 1
@@ -1069,7 +1070,7 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   writer.flush()
   place.check_present(final_step)
   _write_outputs(workdir, summary, table)
-  _log_summary(summary, workdir)
+  console.log_summary(summary, workdir)
   return summary
 
 
@@ -1083,9 +1084,9 @@ def _epoch_evaluation(run, state, trained_masks, p_eval, writer, history,
   writer.write_scalars(done, {**{k: v for k, v in metrics.items()
                                  if k != "eval_examples"},
                               "best_eval_accuracy": best["eval_accuracy"]})
-  _console("Evaluation at step %d (epoch %.1f, the masks it trained with): "
+  console.info("Evaluation at step %d (epoch %.1f, the masks it trained with): "
            "%s | best top-1 %.4f at step %d", done,
-           done / run.steps_per_epoch, _eval_figures(metrics),
+           done / run.steps_per_epoch, console.eval_figures(metrics),
            best["eval_accuracy"], best["step"])
 
 
@@ -1097,7 +1098,7 @@ def _best_of(run, history: EvalHistory, final_metrics,
 
 
 def _periodic_work(run, place, state, writer, manager, done, last_saved,
-                   train_metrics, progress: "_Progress") -> int:
+                   train_metrics, progress: console.Progress) -> int:
   """Checkpoints inside the loop; returns the last saved step."""
   config = run.config
   if done >= run.total_steps:
@@ -1153,139 +1154,3 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
       watch.check(report, step)
   writer.write_scalars(step, summary)
   return summary
-
-
-# ---------------------------------------------------------------------------
-# Console: what a person reads (process 0). Metrics go to TensorBoard.
-
-
-@logging.skip_log_prefix
-def _console(message: str, *args):
-  """An INFO line of process 0 (its log prefix names the caller)."""
-  if jax.process_index() == 0:
-    logging.info(message, *args)
-
-
-def _duration(seconds: float) -> str:
-  """`m:ss`, or `h:mm:ss` from an hour on."""
-  minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
-  hours, minutes = divmod(minutes, 60)
-  if hours:
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-  return f"{minutes}:{secs:02d}"
-
-
-def _eval_figures(metrics) -> str:
-  return (f"top-1 {metrics['eval_accuracy']:.4f}, top-5 "
-          f"{metrics['eval_top5_accuracy']:.4f}, loss "
-          f"{metrics['eval_loss']:.4f}")
-
-
-def _count(n: float) -> str:
-  """4,096 -> 4.1k; 2,532,992 -> 2.53M."""
-  for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-    if n >= factor:
-      return f"{n / factor:.3g}{suffix}"
-  return f"{n:g}"
-
-
-class _Progress:
-  """One console line per logging step: step, epoch, train metrics, the
-  throughput and the time left.
-
-  The clock starts once the first step has run (compilation excluded). The
-  throughput is that of the steps since the previous line, without the
-  evaluations and checkpoint saves between them; the time left extrapolates
-  the wall time per step since the clock started, those included.
-  """
-
-  def __init__(self, run: _Run, start_step: int):
-    self.total = run.total_steps
-    self.steps_per_epoch = run.steps_per_epoch
-    self.batch_size = run.config.batch_size
-    self._created = time.time()
-    self._start = None  # (step, time) when the clock started.
-    self._last = None  # (step, time, paused seconds) of the previous line.
-    self._paused = 0.0
-    self._start_step = start_step
-
-  def start(self, metrics):
-    """Starts the clock when `metrics`, of the run's first step, are ready."""
-    jax.block_until_ready(metrics)
-    now = time.time()
-    self._start = (self._start_step + 1, now)
-    self._last = (self._start_step + 1, now, 0.0)
-    _console("Compiled and ran the first step in %s",
-             _duration(now - self._created))
-
-  @contextlib.contextmanager
-  def paused(self, state):
-    """Time spent inside is left out of the throughput.
-
-    Args:
-      state: the replicated state, waited for first: the steps dispatched
-        before count as training time.
-    """
-    jax.block_until_ready(state)
-    start = time.time()
-    try:
-      yield
-    finally:
-      self._paused += time.time() - start
-
-  def report(self, step: int, scalars: Optional[Dict[str, float]]):
-    """Logs the line of `step`; `scalars`: what `_check_finite_and_log`
-    wrote."""
-    if scalars is None or self._start is None:
-      return
-    now = time.time()
-    line = (f"step {step}/{self.total} (epoch "
-            f"{step / self.steps_per_epoch:.1f}) loss "
-            f"{scalars['train_loss']:.4g} acc {scalars['train_accuracy']:.3f}")
-    if "actual_sparsity" in scalars:
-      line += f" sparsity {scalars['actual_sparsity']:.3f}"
-    last_step, last_time, last_paused = self._last
-    busy = now - last_time - (self._paused - last_paused)
-    if step > last_step and busy > 0:
-      line += (f" | {(step - last_step) * self.batch_size / busy:,.0f} "
-               "img/s")
-    if step > self._start[0]:
-      per_step = (now - self._start[1]) / (step - self._start[0])
-      line += f" | ETA {_duration(per_step * (self.total - step))}"
-    self._last = (step, now, self._paused)
-    _console("%s", line)
-
-
-def _log_summary(summary: Dict[str, Any], workdir: str,
-                 summary_name: str = SUMMARY):
-  """The end of a run in a few lines; the summary file has all of it."""
-  evaluation = {k: summary[k] for k in ("eval_accuracy", "eval_top5_accuracy",
-                                        "eval_loss")}
-  best = ""
-  if "best_eval_accuracy" in summary:
-    best = (f" | best top-1 {summary['best_eval_accuracy']:.4f} at step "
-            f"{summary['best_eval_step']}")
-  _console("%s at step %d (the masks of the last refresh: the model this run "
-           "ships): %s%s", "Evaluation (eval_only)" if summary_name !=
-           SUMMARY else "Final evaluation", summary["steps"],
-           _eval_figures(evaluation), best)
-  _console("Sparsity %.4f (target %g): %s of %s prunable weights kept; "
-           "%s of %s MACs (%.0f%%)", summary["sparsity"],
-           summary["target_sparsity"], f"{summary['kept_params']:,}",
-           f"{summary['prunable_params']:,}", _count(summary["sparse_macs"]),
-           _count(summary["dense_macs"]),
-           100 * summary["sparse_macs"] / max(summary["dense_macs"], 1))
-  if jax.process_index() == 0:
-    if summary["collapsed_layers"]:
-      logging.warning("Layers left with no kept weight at the end of the "
-                      "run: %s", ", ".join(summary["collapsed_layers"]))
-    if summary["fatal_collapse"]:
-      logging.warning("The model is cut off: %s",
-                      "; ".join(summary["fatal_collapse"]))
-  if summary_name == SUMMARY:
-    _console("Done in %s. summary.json, sparsity.txt and evaluations.json "
-             "are in %s", _duration(summary["wall_time_s"]), workdir)
-  else:
-    _console("Done in %s. %s is in %s (the training's summary.json is "
-             "unchanged)", _duration(summary["wall_time_s"]), summary_name,
-             workdir)

@@ -10,6 +10,7 @@ import sys
 import orbax.checkpoint as ocp
 import pytest
 
+from optg_jax import console
 from optg_jax import train
 import runs
 
@@ -31,16 +32,16 @@ CHATTER = re.compile(r"orbax|checkpoint_manager\.py|logging_writer\.py|"
 
 
 def test_duration_format():
-  assert train._duration(0) == "0:00"  # pylint: disable=protected-access
-  assert train._duration(21.4) == "0:21"  # pylint: disable=protected-access
-  assert train._duration(59.6) == "1:00"  # pylint: disable=protected-access
-  assert train._duration(3725) == "1:02:05"  # pylint: disable=protected-access
+  assert console.duration(0) == "0:00"
+  assert console.duration(21.4) == "0:21"
+  assert console.duration(59.6) == "1:00"
+  assert console.duration(3725) == "1:02:05"
 
 
 def test_checkpoint_manager_keeps_the_last_keep_checkpoints(tmp_path):
   config = runs.tiny_config(keep_checkpoints=2)
   manager = train.checkpoint_manager(str(tmp_path), config)
-  assert manager._options.max_to_keep is None  # pylint: disable=protected-access
+  assert manager._options.max_to_keep is None
   for step in (10, 20, 30, 40):
     manager.save(step, args=ocp.args.StandardSave({"w": step}))
     manager.wait_until_finished()

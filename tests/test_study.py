@@ -183,6 +183,11 @@ def test_collapse_is_reported_in_summary_table_and_log(tmp_path, caplog):
   warnings = [r.getMessage() for r in caplog.records
               if "Mask refresh at step" in r.getMessage()]
   assert warnings and "FATAL: the input layer fc1/kernel" in warnings[-1]
+  # And once more at the end of the run.
+  assert [r.getMessage() for r in caplog.records
+          if "at the end of the run" in r.getMessage()] == [
+              "Layers left with no kept weight at the end of the run: "
+              "fc1/kernel"]
   # With a floor of one input per unit nothing is cut off, same count.
   config.min_kept_per_unit = 1
   floor = train.train_and_evaluate(config, str(tmp_path / "floor"))
