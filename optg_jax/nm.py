@@ -18,6 +18,7 @@ pure JAX and jittable (`n`, `m` and `axis` static) except `is_nm` and
 """
 
 import dataclasses
+import functools
 import re
 from typing import Any, List, Optional, Tuple
 
@@ -196,7 +197,18 @@ def nm_mask(scores: jax.Array, n: int, m: int,
   if shape[axis] % m:
     raise ValueError(f"N:M {n}:{m}: axis {axis} of shape {shape} has length "
                      f"{shape[axis]}, not a multiple of {m}")
-  keys = _grouped(_ranking_keys(jnp.asarray(scores)), axis, m)
+  return _nm_mask_compiled(jnp.asarray(scores), n, m, axis)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _nm_mask_compiled(scores: jax.Array, n: int, m: int,
+                      axis: int) -> jax.Array:
+  """`nm_mask` for checked arguments, compiled once per shape.
+
+  Outside `jax.jit` its dozen operations would each be dispatched on their
+  own, many times slower on large kernels.
+  """
+  keys = _grouped(_ranking_keys(scores), axis, m)
   return _ungrouped(_group_ranks(keys) < n, axis)
 
 
