@@ -4,6 +4,9 @@ Use as `import optg_jax as optg`. The library modules import neither
 TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
 """
 
+from optg_jax.export import export_sparse
+from optg_jax.export import load_sparse
+from optg_jax.export import to_bcoo
 from optg_jax.nm import NM
 from optg_jax.nm import nm_mask
 from optg_jax.nm import nm_masks
@@ -36,10 +39,12 @@ __all__ = (
     "STATIC_ARGS",
     "apply_masks",
     "epochwise_cosine_schedule",
+    "export_sparse",
     "final_sparsity_shortfall",
     "forced_count",
     "get_masks",
     "get_optg_state",
+    "load_sparse",
     "mask_transform",
     "nm_mask",
     "nm_masks",
@@ -49,5 +54,6 @@ __all__ = (
     "sparsity_report",
     "sparsity_table",
     "supermask_learning_rate",
+    "to_bcoo",
     "topk_masks",
 )
