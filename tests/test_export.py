@@ -1,9 +1,13 @@
-"""Sparse model files (optg_jax/export.py)."""
+"""Sparse model files (optg_jax/export.py) and launch/export.py."""
 
 import collections
+import fcntl
+import functools
 import json
 import math
 import os
+import subprocess
+import sys
 import zlib
 
 import jax
@@ -13,9 +17,11 @@ import numpy as np
 import pytest
 
 import optg_jax as optg
+from optg_jax import checkpoints
 from optg_jax import export
 from optg_jax import models
 from optg_jax import nm
+import runs
 
 
 def random_mask(rng, shape, sparsity):
@@ -412,3 +418,123 @@ def test_resnet50_file_sizes(tmp_path, resnet50_params):
   assert size <= bound + 64 * 1024, (size, bound)
   loaded_params, loaded_masks = optg.load_sparse(path)
   assert_round_trip(params, masks, loaded_params, loaded_masks)
+
+
+# ---------------------------------------------------------------------------
+# launch/export.py
+
+
+def run_export(*args):
+  return subprocess.run(
+      [sys.executable, os.path.join(runs.ROOT, "launch", "export.py"), *args],
+      cwd=runs.ROOT, env=runs.device_env(), capture_output=True, text=True,
+      timeout=300)
+
+
+def test_launch_export_refuses_a_workdir_without_a_run(tmp_path):
+  output = tmp_path / "out.npz"
+  result = run_export(f"--workdir={tmp_path / 'nothing'}",
+                      f"--output={output}")
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.splitlines() == [
+      f"error: {tmp_path / 'nothing'} has no config.json: not the workdir "
+      "of a run"]
+  workdir = tmp_path / "empty"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(
+      runs.tiny_config().to_dict()))
+  result = run_export(f"--workdir={workdir}", f"--output={output}")
+  assert result.returncode == 2, result.stderr
+  assert len(result.stderr.splitlines()) == 1
+  assert result.stderr.startswith(f"error: {workdir} has no checkpoint")
+  assert sorted(os.listdir(tmp_path)) == ["empty"]
+  assert os.listdir(workdir) == ["config.json"]
+  # A run holding the workdir: refused before anything is read.
+  (workdir / "checkpoints" / "10").mkdir(parents=True)
+  with open(workdir / checkpoints.LOCK_FILE, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("host h, pid 1\n")
+    lock.flush()
+    result = run_export(f"--workdir={workdir}", f"--output={output}")
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      f"error: workdir {workdir} is in use by a run (host h, pid 1); "
+      "export it when the run has ended"]
+  # Bad outputs and structures.
+  for args, message in [
+      ([f"--output={tmp_path}"], "is a directory"),
+      ([f"--output={tmp_path / 'no' / 'out.npz'}"], "does not exist"),
+      ([f"--output={output}", "--structure=2-4"], "--structure: N:M")]:
+    result = run_export(f"--workdir={workdir}", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+  assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+
+def exported_matches_checkpoint(config, workdir, output):
+  """The file holds the run's latest variables, masked, and its logits."""
+  from optg_jax import train  # pylint: disable=g-import-not-at-top
+  variables, masks = optg.load_sparse(output)
+  run = train._Run(config)  # pylint: disable=protected-access
+  state = jax.device_get(train.restore_latest(
+      train.checkpoint_manager(workdir, config), run.initial_state()))
+  trained_masks = train.current_masks(config, state.opt_state)
+  expected = {"params": state.params}
+  expected_masks = {"params": trained_masks}
+  if state.batch_stats:
+    expected["batch_stats"] = state.batch_stats
+    expected_masks["batch_stats"] = jax.tree.map(lambda _: None,
+                                                 state.batch_stats)
+  if trained_masks is None:
+    expected_masks = jax.tree.map(lambda _: None, expected)
+  assert_round_trip(expected, expected_masks, variables, masks)
+  # The file is a model: its logits are those of the masked run.
+  images = np.random.default_rng(11).random((4, 8, 8, 1), np.float32)
+  apply = jax.jit(functools.partial(run.model.apply, train=False))
+  logits = apply({**expected, "params": train.masked_params(
+      config, state.params, state.opt_state)}, images)
+  np.testing.assert_array_equal(apply(variables, images), logits)
+  return state, trained_masks
+
+
+@pytest.mark.slow
+def test_launch_export_of_a_run(tmp_path):
+  """A short in-process run (an MLP: quick to compile), then the export."""
+  from optg_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  config = runs.tiny_config(num_train_steps=10, model="lenet_300_100")
+  train.train_and_evaluate(config, workdir)
+  output = tmp_path / "model.npz"
+  result = run_export(f"--workdir={workdir}", f"--output={output}")
+  assert result.returncode == 0, result.stderr
+  size = os.path.getsize(output)
+  lines = result.stdout.splitlines()
+  assert lines[0] == f"Exported step 10 of {workdir} to {output}"
+  assert lines[1].split() == ["file:", f"{size:,}", "bytes"]
+  assert "dense float32:" in lines[2] and "ratio:" in lines[3]
+  assert "orbax" not in result.stderr  # Libraries' INFO lines are off.
+  state, masks = exported_matches_checkpoint(config, workdir, output)
+  assert int(state.step) == 10
+  kept = sum(int(m.sum()) for m in jax.tree.leaves(masks))
+  assert kept < sum(m.size for m in jax.tree.leaves(masks))  # Some pruned.
+
+
+@pytest.mark.slow
+def test_launch_export_keeps_batch_statistics(tmp_path):
+  """A checkpoint of ResNet-20 (BatchNorm), saved without training."""
+  from optg_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  config = runs.tiny_config(method="dense")
+  run = train._Run(config)  # pylint: disable=protected-access
+  checkpoints.save(train.checkpoint_manager(workdir, config),
+                   jax.device_get(run.initial_state()))
+  checkpoints.write_config_record(workdir, config)
+  output = tmp_path / "model.npz"
+  result = run_export(f"--workdir={workdir}", f"--output={output}",
+                      "--structure=2:4")
+  assert result.returncode == 0, result.stderr
+  assert "Exported step 0" in result.stdout
+  exported_matches_checkpoint(config, workdir, output)
+  assert set(layouts(output).values()) == {"dense"}
+  assert manifest_of(output)["tree"]["keys"] == ["params", "batch_stats"]
