@@ -12,9 +12,10 @@ dense kernel `(in, out)` (axis 0), so every output unit keeps `n` of every
     assert optg.nm.is_nm(masks["Dense_0"]["kernel"], 2, 4)
 
 The masks keep the highest scores of each group; ties go to the lower index
-along the axis, and NaN scores rank below every number. Everything here is
-pure JAX and jittable (`n`, `m` and `axis` static) except `is_nm` and
-`indivisible_leaves`, which inspect concrete arrays and shapes.
+along the axis, and NaN scores rank below every number. `nm_mask` and
+`nm_masks` are pure JAX and jittable (`n`, `m` and `axis` static); `is_nm`,
+`group_counts` and `indivisible_leaves` inspect concrete arrays (NumPy) and
+shapes.
 """
 
 import dataclasses
@@ -263,7 +264,7 @@ def nm_masks(scores: PyTree, n: int, m: int, axis: Optional[int] = None,
     leaf_axis = _leaf_axis(path, shape, axis)
     if shape[leaf_axis] % m:
       if indivisible == "dense":
-        return jnp.ones(shape, bool)
+        return jnp.ones_like(leaf, dtype=bool)
       raise ValueError(
           f"N:M {n}:{m}: leaf '{path}' has length {shape[leaf_axis]} along "
           f"axis {leaf_axis} (shape {shape}), not a multiple of {m}; pass "
