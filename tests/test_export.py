@@ -503,7 +503,8 @@ def test_launch_export_of_a_run(tmp_path):
   """A short in-process run (an MLP: quick to compile), then the export."""
   from optg_jax import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  config = runs.tiny_config(num_train_steps=10, model="lenet_300_100")
+  config = runs.tiny_config(num_train_steps=10, model="lenet_300_100",
+                           update_every_steps=2)  # Refreshes by step 10.
   train.train_and_evaluate(config, workdir)
   output = tmp_path / "model.npz"
   result = run_export(f"--workdir={workdir}", f"--output={output}")
