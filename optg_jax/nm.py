@@ -275,6 +275,94 @@ def nm_masks(scores: PyTree, n: int, m: int, axis: Optional[int] = None,
                                           is_leaf=lambda x: x is None)
 
 
+def progressive_nm_masks(scores: PyTree, n: int, m: int, fraction,
+                         indivisible: str = "dense") -> PyTree:
+  """Masks with a `fraction` of the groups pruned to N:M, the rest dense.
+
+  How OptG reaches N:M gradually. Each group of `m` (along each leaf's
+  reduction axis) is either dense or N:M (its `n` best scores kept). A
+  group's claim to stay dense is the best score it would lose, its
+  `(n + 1)`-th highest: the groups with the lowest such scores are pruned
+  first, exactly `round(fraction * G)` of the `G` groups of all leaves
+  (`topk.topk_masks` over the groups, ties by leaf order then position).
+  At `fraction = 0` every mask is dense, at 1 every divisible leaf is N:M;
+  in between the kept count over the N:M-able weights is
+  `W - round(fraction * G) * (m - n)`, so the sparsity of those weights is
+  `fraction * (m - n) / m` up to the rounding of the group count: a
+  sparsity schedule that rises to `(m - n) / m` ramps the masks from dense
+  to N:M as it does unstructured masks.
+
+  Args:
+    scores: a pytree of float arrays (ndim >= 2) and `None` leaves; higher
+      is better.
+    n: entries kept per N:M group, `0 < n < m`.
+    m: the group size.
+    fraction: the share of groups to prune to N:M, in [0, 1]; a number or
+      a traced scalar.
+    indivisible: "dense" keeps leaves whose axis is not a multiple of `m`
+      dense (they are left out of the groups); "error" raises.
+
+  Returns:
+    A pytree of bool masks with the structure of `scores`.
+  """
+  _check_nm(n, m)
+  if indivisible not in INDIVISIBLE:
+    raise ValueError(f"indivisible must be one of {INDIVISIBLE}, got "
+                     f"{indivisible!r}")
+  flat, treedef = jax.tree_util.tree_flatten_with_path(
+      scores, is_leaf=lambda x: x is None)
+  grouped = []  # (axis, ranks, group scores) of each N:M-able leaf.
+  for key_path, leaf in flat:
+    if leaf is None:
+      grouped.append(None)
+      continue
+    path = transform.path_to_str(key_path)
+    shape = tuple(np.shape(leaf))
+    axis = _leaf_axis(path, shape, None)
+    if shape[axis] % m:
+      if indivisible == "error":
+        raise ValueError(
+            f"N:M {n}:{m}: leaf '{path}' has length {shape[axis]} along "
+            f"axis {axis} (shape {shape}), not a multiple of {m}")
+      grouped.append("dense")
+      continue
+    values = _grouped(jnp.asarray(leaf).astype(jnp.float32), axis, m)
+    ranks = _group_ranks(_grouped(_ranking_keys(jnp.asarray(leaf)), axis, m))
+    lost = jnp.max(jnp.where(ranks == n, values, -jnp.inf), axis=-1)
+    lost = jnp.where(jnp.isnan(lost), -jnp.inf, lost)
+    grouped.append((axis, ranks, lost))
+
+  claims = [g[2] for g in grouped if isinstance(g, tuple)]
+  if not claims:
+    stay_dense = []
+  elif _is_concrete_number(fraction) and float(fraction) >= 1.0:
+    stay_dense = [jnp.zeros(c.shape, bool) for c in claims]
+  elif _is_concrete_number(fraction) and float(fraction) <= 0.0:
+    stay_dense = [jnp.ones(c.shape, bool) for c in claims]
+  else:
+    if not isinstance(fraction, jax.core.Tracer) and not isinstance(
+        fraction, (int, float, np.number)):
+      fraction = float(fraction)
+    stay_dense = topk.topk_masks(claims, fraction)
+  stay_dense = iter(stay_dense)
+
+  masks = []
+  for (_, leaf), g in zip(flat, grouped):
+    if g is None:
+      masks.append(None)
+    elif isinstance(g, str):
+      masks.append(jnp.ones(np.shape(leaf), bool))
+    else:
+      axis, ranks, _ = g
+      keep = next(stay_dense)[..., None] | (ranks < n)
+      masks.append(_ungrouped(keep, axis))
+  return jax.tree.unflatten(treedef, masks)
+
+
+def _is_concrete_number(x) -> bool:
+  return not isinstance(x, jax.core.Tracer) and np.ndim(x) == 0
+
+
 def indivisible_leaves(tree: PyTree, m: int,
                        axis: Optional[int] = None) -> List[Tuple[str, int]]:
   """The leaves whose group axis is not a multiple of `m`.
