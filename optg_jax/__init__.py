@@ -4,6 +4,13 @@ Use as `import optg_jax as optg`. The library modules import neither
 TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
 """
 
+from optg_jax.export import export_sparse
+from optg_jax.export import load_sparse
+from optg_jax.export import to_bcoo
+from optg_jax.nm import NM
+from optg_jax.nm import nm_mask
+from optg_jax.nm import nm_masks
+from optg_jax.nm import reduction_axis
 from optg_jax.report import sparsity_report
 from optg_jax.report import sparsity_table
 from optg_jax.schedules import epochwise_cosine_schedule
@@ -26,20 +33,27 @@ __version__ = "0.1.0"
 
 __all__ = (
     "CRITERIA",
+    "NM",
     "OptGState",
     "SCORE_NORMALIZATIONS",
     "STATIC_ARGS",
     "apply_masks",
     "epochwise_cosine_schedule",
+    "export_sparse",
     "final_sparsity_shortfall",
     "forced_count",
     "get_masks",
     "get_optg_state",
+    "load_sparse",
     "mask_transform",
+    "nm_mask",
+    "nm_masks",
     "path_to_str",
+    "reduction_axis",
     "sigmoid_sparsity_schedule",
     "sparsity_report",
     "sparsity_table",
     "supermask_learning_rate",
+    "to_bcoo",
     "topk_masks",
 )

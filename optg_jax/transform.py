@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optg_jax import nm
 from optg_jax import schedules
 from optg_jax import topk
 
@@ -39,7 +40,8 @@ SCORE_NORMALIZATIONS = (None, "layer_rms")
 # are Python values, not hyperparameters. The learning rate and momentum of
 # the scores may be injected.
 STATIC_ARGS = ("sparsity", "update_every", "where", "criterion",
-               "score_normalization", "min_kept_per_unit", "axis_name")
+               "score_normalization", "min_kept_per_unit", "axis_name",
+               "structure", "indivisible")
 
 
 class OptGState(NamedTuple):
@@ -191,7 +193,9 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    criterion: str = "optg",
                    score_normalization: Optional[str] = None,
                    min_kept_per_unit: Optional[int] = None,
-                   axis_name: Optional[topk.AxisName] = None
+                   axis_name: Optional[topk.AxisName] = None,
+                   structure=None,
+                   indivisible: str = "dense"
                    ) -> optax.GradientTransformation:
   """OptG: learns global top-k masks from accumulated gradient-driven scores.
 
@@ -251,6 +255,22 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       partitioned by XLA. With `min_kept_per_unit`, each unit's inputs must
       be whole on every device (a kernel sharded on its last axis); not
       supported with `score_normalization`.
+    structure: None (the paper: unstructured masks) or an N:M pattern,
+      `optg.NM(2, 4)` or "2:4": the masks are then N:M along each kernel's
+      reduction axis (a conv's input channels, a dense layer's inputs; see
+      `nm.reduction_axis`), reached gradually. `sparsity(t + 1)` is the
+      sparsity of the N:M-able weights, up to `(m - n) / m` (pass a
+      schedule that rises to it, e.g. `sigmoid_sparsity_schedule(0.5, ...)`
+      for 2:4); each refresh prunes the share `sparsity / ((m - n) / m)` of
+      the groups of `m` to their `n` best-ranked entries and leaves the
+      others dense, choosing the groups whose best pruned entry ranks
+      lowest (exactly `round(share * G)` groups; see
+      `nm.progressive_nm_masks`). The scores, their update and the
+      criteria are unchanged; "magnitude" gives the N:M magnitude baseline.
+      Not supported with `min_kept_per_unit` or `axis_name`.
+    indivisible: with `structure`, what to do with a kernel whose reduction
+      axis is not a multiple of `m` (a 3-channel RGB stem): "dense" (the
+      default) leaves it dense, "error" raises at `init`.
 
   With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
   scores' learning rate and momentum can then be injected, and the refreshes
@@ -305,6 +325,22 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     raise ValueError(f"score_normalization={score_normalization!r} is not "
                      "supported with axis_name (it would normalise each "
                      "shard on its own)")
+  if isinstance(structure, str):
+    structure = nm.NM.parse(structure)
+  if structure is not None:
+    if not isinstance(structure, nm.NM):
+      raise ValueError(f"structure must be None, an optg.NM or an 'N:M' "
+                       f"string, got {structure!r}")
+    if min_kept_per_unit:
+      raise ValueError("min_kept_per_unit is not supported with an N:M "
+                       "structure (every unit keeps n of every m inputs)")
+    if axis_name is not None:
+      raise ValueError("axis_name (shard_map) is not supported with an N:M "
+                       "structure yet; use jax.jit with sharded arrays")
+    if indivisible not in nm.INDIVISIBLE:
+      raise ValueError(f"indivisible must be one of {nm.INDIVISIBLE}, got "
+                       f"{indivisible!r}")
+    nm_sparsity = (structure.m - structure.n) / structure.m
   where = default_where if where is None else where
   mask_lr = schedules.as_schedule(mask_learning_rate)
   learns_scores = criterion == "optg"
@@ -335,6 +371,18 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                            where, lambda p: _filled_like(p, True, bool))
     if not jax.tree.leaves(masks):
       raise ValueError(_nothing_selected_message(params))
+    if structure is not None:
+      odd = nm.indivisible_leaves(masks, structure.m)
+      if odd and indivisible == "error":
+        raise ValueError(
+            f"N:M {structure}: the reduction axis of "
+            + ", ".join(f"'{path}' ({length})" for path, length in odd)
+            + f" is not a multiple of {structure.m}; pass "
+            "indivisible='dense' to leave such kernels dense")
+      if len(odd) == len(jax.tree.leaves(masks)):
+        raise ValueError(f"N:M {structure}: no prunable kernel has a "
+                         f"reduction axis that is a multiple of "
+                         f"{structure.m}")
     if (min_kept_per_unit and not callable(sparsity) and
         not isinstance(sparsity, jax.core.Tracer)):
       total = sum(int(np.size(m)) for m in jax.tree.leaves(masks))
@@ -386,6 +434,12 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       if rank is None:
         rank = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
                             params, masks)
+      if structure is not None:
+        share = jnp.clip(jnp.asarray(sparsity_at(next_step), jnp.float32) /
+                         jnp.float32(nm_sparsity), 0.0, 1.0)
+        return nm.progressive_nm_masks(_rankings(rank), structure.n,
+                                       structure.m, share,
+                                       indivisible=indivisible)
       return topk.topk_masks(_rankings(rank), sparsity_at(next_step),
                              axis_name=axis_name)
 
