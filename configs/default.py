@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.beta = 1.0  # Steepness of the sigmoid sparsity schedule.
   config.mask_momentum = 0.9  # Momentum of the scores' SGD.
   config.update_every_steps = 0  # Mask refresh period; 0: once an epoch.
+  # "" (the paper: unstructured) or "N:M", e.g. "2:4": n kept weights in every
+  # m consecutive inputs of each kernel, reached gradually; the target is
+  # then (m - n) / m of the N:M-able kernels and `sparsity` does not apply.
+  config.structure = ""
   # Opt-in variants of the ranking, not in the paper (see mask_transform):
   config.score_normalization = ""  # "" (the paper) | "layer_rms"
   config.min_kept_per_unit = 0  # 0 (the paper) | n kept inputs per unit

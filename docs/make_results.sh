@@ -50,3 +50,13 @@ $S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
    --sparsities=0.9,0.95,0.98,0.99 --seeds=0,1,2 \
    --workdir=workdirs/fashion_mlp --title="LeNet-300-100 on Fashion-MNIST" \
    $DOC --section=fashion_mlp
+
+# 4. N:M structured masks against unstructured at the same density.
+$S --config=configs/quickstart.py --methods=optg+2:4,magnitude+2:4,optg \
+   --sparsities=0.5 --seeds=0,1,2 --workdir=workdirs/nm_2_4 \
+   --title="ResNet-20 on digits, 2:4 against unstructured 50%" $DOC \
+   --section=nm_2_4
+$S --config=configs/quickstart.py --methods=optg+1:4,magnitude+1:4,optg \
+   --sparsities=0.75 --seeds=0,1,2 --workdir=workdirs/nm_1_4 \
+   --title="ResNet-20 on digits, 1:4 against unstructured 75%" $DOC \
+   --section=nm_1_4

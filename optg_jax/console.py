@@ -72,7 +72,7 @@ class Progress:
     self._start = (self._start_step + 1, now)
     self._last = (self._start_step + 1, now, 0.0)
     info("Compiled and ran the first step in %s",
-             duration(now - self._created))
+         duration(now - self._created))
 
   @contextlib.contextmanager
   def paused(self, state):
@@ -126,15 +126,19 @@ def log_summary(summary: Dict[str, Any], workdir: str,
     best = (f" | best top-1 {summary['best_eval_accuracy']:.4f} at step "
             f"{summary['best_eval_step']}")
   info("%s at step %d (the masks of the last refresh: the model this run "
-           "ships): %s%s", "Evaluation (eval_only)" if summary_name
-           else "Final evaluation", summary["steps"],
-           eval_figures(evaluation), best)
+       "ships): %s%s", "Evaluation (eval_only)" if summary_name
+       else "Final evaluation", summary["steps"], eval_figures(evaluation),
+       best)
   info("Sparsity %.4f (target %g): %s of %s prunable weights kept; "
-           "%s of %s MACs (%.0f%%)", summary["sparsity"],
-           summary["target_sparsity"], f"{summary['kept_params']:,}",
-           f"{summary['prunable_params']:,}", count(summary["sparse_macs"]),
-           count(summary["dense_macs"]),
-           100 * summary["sparse_macs"] / max(summary["dense_macs"], 1))
+       "%s of %s MACs (%.0f%%)", summary["sparsity"],
+       summary["target_sparsity"], f"{summary['kept_params']:,}",
+       f"{summary['prunable_params']:,}", count(summary["sparse_macs"]),
+       count(summary["dense_macs"]),
+       100 * summary["sparse_macs"] / max(summary["dense_macs"], 1))
+  if "structure" in summary:
+    info("N:M %s on %d layers; not N:M: %s", summary["structure"],
+         len(summary["nm_layers"]), ", ".join(summary["dense_layers"]) or
+         "none")
   if jax.process_index() == 0:
     if summary["collapsed_layers"]:
       logging.warning("Layers left with no kept weight at the end of the "
@@ -144,8 +148,8 @@ def log_summary(summary: Dict[str, Any], workdir: str,
                       "; ".join(summary["fatal_collapse"]))
   if summary_name is None:
     info("Done in %s. summary.json, sparsity.txt and evaluations.json "
-             "are in %s", duration(summary["wall_time_s"]), workdir)
+         "are in %s", duration(summary["wall_time_s"]), workdir)
   else:
     info("Done in %s. %s is in %s (the training's summary.json is "
-             "unchanged)", duration(summary["wall_time_s"]), summary_name,
-             workdir)
+         "unchanged)", duration(summary["wall_time_s"]), summary_name,
+         workdir)

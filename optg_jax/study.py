@@ -52,6 +52,7 @@ _MODIFIERS = (
     (re.compile(r"floor(\d+)$"), lambda m: {"min_kept_per_unit":
                                             int(m.group(1))}),
     (re.compile(r"rms$"), lambda m: {"score_normalization": "layer_rms"}),
+    (re.compile(r"(\d+):(\d+)$"), lambda m: {"structure": m.group(0)}),
 )
 
 
@@ -70,7 +71,8 @@ def parse_method(spec: str) -> Dict[str, Any]:
   """The config fields a method name sets.
 
   Args:
-    spec: e.g. "optg", "magnitude+every1", "optg+epoch+floor1".
+    spec: e.g. "optg", "magnitude+every1", "optg+epoch+floor1", "optg+2:4"
+      (N:M masks: `config.structure`).
 
   Returns:
     `{"method": base, other fields...}`.
@@ -92,7 +94,7 @@ def parse_method(spec: str) -> Dict[str, Any]:
         break
     else:
       raise StudyError(f"unknown modifier {modifier!r} in method {spec!r}; "
-                       "valid: every<N>, epoch, floor<N>, rms")
+                       "valid: every<N>, epoch, floor<N>, rms, N:M")
   if base == "dense" and modifiers:
     raise StudyError(f"method {spec!r}: dense runs take no modifiers")
   if any(re.fullmatch(r"every0+", m) for m in modifiers):

@@ -39,6 +39,7 @@ from optg_jax import console
 from optg_jax import data
 from optg_jax import flops
 from optg_jax import models
+from optg_jax import nm
 from optg_jax import topk
 from optg_jax.checkpoints import checkpoint_manager
 from optg_jax.checkpoints import restore_latest
@@ -128,6 +129,15 @@ def validate_config(config: ml_collections.ConfigDict,
          f"{', '.join(data.imagenet.AUGMENTATIONS)}")
   if config.beta <= 0:
     fail(f"beta must be positive, got {config.beta!r}")
+  structure = config.get("structure", "")
+  if structure:
+    try:
+      nm.NM.parse(structure)
+    except ValueError as e:
+      fail(f"structure: {e}")
+    if config.method == "dense":
+      fail(f"structure {structure!r} needs method 'optg' or 'magnitude', "
+           "not 'dense'")
   normalization = config.get("score_normalization", "") or None
   if normalization not in optg.SCORE_NORMALIZATIONS:
     fail(f"unknown score_normalization {normalization!r}; valid: '' (none), "
@@ -143,6 +153,26 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.keep_checkpoints < 1:
     fail(f"keep_checkpoints must be at least 1, got "
          f"{config.keep_checkpoints!r}")
+
+
+def structure_of(config) -> Optional[nm.NM]:
+  """The run's N:M pattern (`config.structure`), or None: unstructured."""
+  structure = config.get("structure", "")
+  return nm.NM.parse(structure) if structure else None
+
+
+def target_sparsity(config) -> float:
+  """The sparsity the run prunes to.
+
+  `config.sparsity`, or with an N:M `structure` the sparsity of N:M itself,
+  `(m - n) / m` of the kernels whose reduction axis divides into groups of
+  `m` (`config.sparsity` does not apply then; kernels that do not divide,
+  such as a 3-channel stem, stay dense).
+  """
+  structure = structure_of(config)
+  if structure is not None:
+    return (structure.m - structure.n) / structure.m
+  return float(config.sparsity)
 
 
 def half_precision_dtype() -> jnp.dtype:
@@ -191,10 +221,10 @@ def create_schedules(config, steps_per_epoch: int) -> Schedules:
     sparsity = lambda step: jnp.float32(0.0)
     mask_lr = lambda step: jnp.float32(0.0)
   else:
+    target = target_sparsity(config)
     sparsity = optg.sigmoid_sparsity_schedule(
-        config.sparsity, config.num_epochs, steps_per_epoch, beta=config.beta)
-    mask_lr = optg.supermask_learning_rate(learning_rate, sparsity,
-                                           config.sparsity)
+        target, config.num_epochs, steps_per_epoch, beta=config.beta)
+    mask_lr = optg.supermask_learning_rate(learning_rate, sparsity, target)
   return Schedules(learning_rate=learning_rate, sparsity=sparsity,
                    mask_learning_rate=mask_lr)
 
@@ -215,7 +245,10 @@ def create_optimizer(config, schedules: Schedules,
         update_every=update_every_steps(config, steps_per_epoch),
         criterion=config.method,
         score_normalization=config.get("score_normalization", "") or None,
-        min_kept_per_unit=config.get("min_kept_per_unit", 0)))
+        # N:M keeps n of every m inputs of each unit: the floor is implied.
+        min_kept_per_unit=(0 if structure_of(config) else
+                           config.get("min_kept_per_unit", 0)),
+        structure=structure_of(config), indivisible="dense"))
   chain += [
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedules.learning_rate, momentum=config.momentum,
@@ -604,7 +637,16 @@ def _model_summary(config, model, state: TrainState, image_shape):
   order = [layer.path for layer in macs.per_layer]
   findings = collapse_findings(report, order[0] if order else None,
                                order[-1] if order else None)
+  structure = structure_of(config) if masks is not None else None
+  nm_figures, nm_note = {}, ""
+  if structure is not None:
+    nm_layers, dense_layers = _nm_layers(masks, structure)
+    nm_figures = {"structure": str(structure), "nm_layers": nm_layers,
+                  "dense_layers": dense_layers}
+    nm_note = (f"\nN:M {structure} on {len(nm_layers)} layers; not N:M: "
+               f"{', '.join(dense_layers) or 'none'}\n")
   return {
+      **nm_figures,
       "sparsity": report["sparsity"],
       "prunable_params": report["total"],
       "kept_params": report["kept"],
@@ -621,7 +663,22 @@ def _model_summary(config, model, state: TrainState, image_shape):
                      report["layers"].items(),
                      key=lambda kv: (order.index(kv[0]) if kv[0] in order
                                      else len(order)))},
-  }, optg.sparsity_table(report) + _collapse_note(findings)
+  }, optg.sparsity_table(report) + _collapse_note(findings) + nm_note
+
+
+def _nm_layers(masks, structure: nm.NM):
+  """The kernels whose masks are N:M, and the others (dense: indivisible,
+  or not yet pruned to N:M everywhere)."""
+  nm_layers, other = [], []
+  flat = jax.tree_util.tree_flatten_with_path(
+      masks, is_leaf=lambda x: x is None)[0]
+  for path, mask in flat:
+    if mask is None:
+      continue
+    name = optg.path_to_str(path)
+    (nm_layers if nm.is_nm(np.asarray(mask), structure.n, structure.m)
+     else other).append(name)
+  return nm_layers, other
 
 
 def _collapse_note(findings) -> str:
@@ -669,7 +726,7 @@ TARGET_TOLERANCE = 1e-3
 def _shortfall_message(config, last: int, run_steps: int, every: int,
                        steps_per_epoch: int, reached: float) -> str:
   """What falls short and which fields to change (one line)."""
-  target, epochs = config.sparsity, config.num_epochs
+  target, epochs = target_sparsity(config), config.num_epochs
   fixes = []
   last_epoch = last // steps_per_epoch
   if last_epoch < epochs:
@@ -712,7 +769,8 @@ def check_target(config, steps_per_epoch: int, prunable) -> None:
     prunable: the prunable leaves (arrays or shape structs), for the counts.
   """
   total = sum(int(np.prod(x.shape)) for x in prunable)
-  keep = topk.num_to_keep(config.sparsity, total)
+  target = target_sparsity(config)
+  keep = topk.num_to_keep(target, total)
   if keep == 0:
     raise ConfigError(
         f"sparsity {config.sparsity} keeps no weight of {config.model}'s "
@@ -727,13 +785,13 @@ def check_target(config, steps_per_epoch: int, prunable) -> None:
         "per epoch): the masks would never be refreshed")
   last = run_steps // every * every
   schedule = optg.sigmoid_sparsity_schedule(
-      config.sparsity, config.num_epochs, steps_per_epoch, beta=config.beta)
+      target, config.num_epochs, steps_per_epoch, beta=config.beta)
   reached = float(schedule(last))
-  if config.sparsity - reached > TARGET_TOLERANCE:
+  if target - reached > TARGET_TOLERANCE:
     raise ConfigError(_shortfall_message(config, last, run_steps, every,
                                          steps_per_epoch, reached))
   floor = config.get("min_kept_per_unit", 0)
-  if floor:
+  if floor and structure_of(config) is None:
     forced = optg.forced_count(prunable, floor)
     if forced > keep:
       raise ConfigError(
@@ -852,7 +910,7 @@ def _summary(run: _Run, state_host: TrainState, eval_metrics, wall_time):
          if k != "eval_examples"},
       "eval_examples": eval_metrics["eval_examples"],
       "sparsity": model_figures["sparsity"],
-      "target_sparsity": (float(config.sparsity)
+      "target_sparsity": (target_sparsity(config)
                           if config.method != "dense" else 0.0),
       "scheduled_sparsity": float(run.schedules.sparsity(final_step)),
       **{k: v for k, v in model_figures.items() if k != "sparsity"},
@@ -981,7 +1039,8 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
                           if isinstance(v, (int, float, str, bool))})
   logging.info("Training %s (%s, target sparsity %s) on %s: steps %d..%d, "
                "%d steps/epoch, %d devices", config.model, config.method,
-               config.sparsity, config.dataset, start_step, run.total_steps,
+               target_sparsity(config), config.dataset, start_step,
+               run.total_steps,
                run.steps_per_epoch, jax.device_count())
 
   train_iter = data.train_iterator(
