@@ -498,7 +498,7 @@ def exported_matches_checkpoint(config, workdir, output):
   return state, trained_masks
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_launch_export_of_a_run(tmp_path):
   """A short in-process run (an MLP: quick to compile), then the export."""
   from optg_jax import train  # pylint: disable=g-import-not-at-top
@@ -521,7 +521,7 @@ def test_launch_export_of_a_run(tmp_path):
   assert kept < sum(m.size for m in jax.tree.leaves(masks))  # Some pruned.
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_launch_export_keeps_batch_statistics(tmp_path):
   """A checkpoint of ResNet-20 (BatchNorm), saved without training."""
   from optg_jax import train  # pylint: disable=g-import-not-at-top
