@@ -50,7 +50,7 @@ def exit_code(error: BaseException) -> int:
 
   `data.DatasetError` is bad input too; anything else gets 1 (a bug).
   """
-  # Imported here: the data package imports TensorFlow lazily, not this.
+  # Imported here: the data package imports TensorFlow, this module not.
   from optg_jax import data  # pylint: disable=g-import-not-at-top
   if isinstance(error, (ConfigError, data.DatasetError)):
     return EXIT_BAD_INPUT

@@ -11,7 +11,6 @@ baselines run through the same code.
 """
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -885,19 +884,13 @@ def replica_fingerprints(state: TrainState) -> list:
   """
   local = jax.device_get((state.params, state.batch_stats,
                           state.opt_state))
-  digests = []
-  for i in range(jax.local_device_count()):
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.tree.map(lambda x: x[i], local)):
-      leaf = np.ascontiguousarray(leaf)
-      h.update(str((leaf.dtype, leaf.shape)).encode())
-      h.update(leaf.tobytes())
-    digests.append(np.frombuffer(h.digest(), np.uint32))
-  digests = np.stack(digests)
+  digests = np.stack([
+      np.frombuffer(bytes.fromhex(checkpoints.state_digest(
+          jax.tree.map(lambda x, i=i: x[i], local))), np.uint8)
+      for i in range(jax.local_device_count())])
   if jax.process_count() > 1:
     digests = np.asarray(multihost_utils.process_allgather(digests))
-  digests = digests.reshape(-1, 8)
-  return [d.astype(">u4").tobytes().hex() for d in digests]
+  return [d.tobytes().hex() for d in digests.reshape(-1, 32)]
 
 
 def _summary(run: _Run, state_host: TrainState, eval_metrics, wall_time):

@@ -2,7 +2,9 @@
 record, runs that cannot reach their target, I/O errors, SIGTERM in the
 final evaluation. Each test backs a row of the README's table of faults."""
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import random
@@ -18,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from optg_jax import checkpoints
+from optg_jax import data
 from optg_jax import errors
 from optg_jax import train
 import runs
@@ -44,7 +47,7 @@ def snapshot(workdir):
       with open(path, "rb") as f:
         files[os.path.relpath(path, workdir)] = (
             os.path.getsize(path), os.path.getmtime(path),
-            checkpoints.hashlib.sha256(f.read()).hexdigest())
+            hashlib.sha256(f.read()).hexdigest())
   return files
 
 
@@ -293,6 +296,16 @@ def test_config_changes_ignore_bookkeeping_fields():
       ("model_kwargs", {}, {"kernel_init": "torch_default"}), ("seed", 0, 1)]
 
 
+def test_config_record_without_checkpoints_is_not_compared(tmp_path):
+  """A run that stopped before its first checkpoint leaves nothing to
+  continue: a changed config may start over (and rewrite the record)."""
+  checkpoints.write_config_record(str(tmp_path), runs.tiny_config())
+  checkpoints.check_config_record(str(tmp_path), runs.tiny_config(seed=5))
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  with pytest.raises(train.ConfigChanged, match=r"changed seed \(0 -> 5\)"):
+    checkpoints.check_config_record(str(tmp_path), runs.tiny_config(seed=5))
+
+
 # ---------------------------------------------------------------------------
 # Runs that cannot reach their target.
 
@@ -363,11 +376,18 @@ def test_workdir_deleted_mid_run_stops_it_with_exit_4(tmp_path):
   assert not (workdir / "summary.json").exists()
 
 
-def _mount_tmpfs(path, options):
+@contextlib.contextmanager
+def tmpfs(path, options):
+  """A tmpfs mounted at `path` for the block (root only: skips elsewhere)."""
   os.makedirs(path, exist_ok=True)
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
-                           str(path)], capture_output=True, text=True)
-  return result.returncode == 0
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
+                            str(path)], capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", str(path)], check=False)
 
 
 FULL_DISK_SCRIPT = """
@@ -415,10 +435,7 @@ def test_full_disk_on_a_real_filesystem(tmp_path):
   """A 3 MB tmpfs: the first checkpoint (about 3.4 MB) does not fit. The
   storage layers' hundreds of error reports become one line; no temporary
   directory stays. Needs the right to mount (root)."""
-  mount = tmp_path / "small"
-  if not _mount_tmpfs(mount, "size=3m"):
-    pytest.skip("cannot mount a tmpfs here")
-  try:
+  with tmpfs(tmp_path / "small", "size=3m") as mount:
     workdir = mount / "run"
     result = runs.launch(workdir)
     assert result.returncode == errors.EXIT_IO, result.stderr[-3000:]
@@ -428,15 +445,10 @@ def test_full_disk_on_a_real_filesystem(tmp_path):
         "are intact"]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert os.listdir(workdir / "checkpoints") == []
-  finally:
-    subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_read_only_workdir_exits_4_and_writes_nothing(tmp_path):
-  mount = tmp_path / "ro"
-  if not _mount_tmpfs(mount, "ro,size=1m"):
-    pytest.skip("cannot mount a tmpfs here")
-  try:
+  with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
     workdir = mount / "run"
     result = runs.launch(workdir)
     assert result.returncode == errors.EXIT_IO, result.stderr[-3000:]
@@ -444,8 +456,6 @@ def test_read_only_workdir_exits_4_and_writes_nothing(tmp_path):
         f"error: cannot write to workdir {workdir}: Read-only file system: "
         f"{workdir}"], result.stderr[-3000:]
     assert os.listdir(mount) == []
-  finally:
-    subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_os_errors_inside_storage_messages_are_recognised():
@@ -464,17 +474,46 @@ def test_sigterm_during_the_final_evaluation_stops_like_elsewhere(
     reference, tmp_path, monkeypatch):
   _, expected = reference
   workdir = copy_of(reference, tmp_path)  # Finished: only the final eval.
-  original = train.evaluate
-
-  def evaluate(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGTERM)  # Arrives mid-evaluation.
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(train, "evaluate", evaluate)
+  batches = sigterm_at_first_eval_batch(monkeypatch)
   with pytest.raises(train.Preempted, match=(
       "preempted: saved a checkpoint at step 46; run the same command")):
     train.train_and_evaluate(runs.tiny_config(), str(workdir))
+  assert batches == [1]  # Stopped after the first of 3 batches.
   assert not (workdir / "summary.json").exists()
-  monkeypatch.setattr(train, "evaluate", original)
+  monkeypatch.undo()
   summary = train.train_and_evaluate(runs.tiny_config(), str(workdir))
   assert_same_figures(summary, expected)
+
+
+def sigterm_at_first_eval_batch(monkeypatch):
+  """SIGTERM arrives with the first evaluation batch; returns a list that
+  holds the number of batches the evaluation drew."""
+  original = data.eval_iterator
+  drawn = []
+
+  def eval_iterator(*args, **kwargs):
+    drawn.append(0)
+    for batch in original(*args, **kwargs):
+      drawn[-1] += 1
+      if drawn[-1] == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(data, "eval_iterator", eval_iterator)
+  return drawn
+
+
+def test_sigterm_during_eval_only_stops_and_writes_nothing(
+    reference, tmp_path, monkeypatch):
+  workdir = copy_of(reference, tmp_path, keep_summary=True)
+  before = snapshot(workdir)
+  batches = sigterm_at_first_eval_batch(monkeypatch)
+  with pytest.raises(train.Preempted, match=(
+      "preempted: stopped evaluating the checkpoint of step 46, nothing "
+      "written; run the same command again")):
+    train.train_and_evaluate(runs.tiny_config(eval_only=True), str(workdir))
+  assert batches == [1]
+  after = snapshot(workdir)
+  assert {k for k in before if before[k] != after.get(k)} <= {
+      checkpoints.LOCK_FILE}
+  assert set(after) == set(before)
