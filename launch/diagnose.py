@@ -7,8 +7,12 @@ Trains the configured run in this process on one device, with the harness's
 model, data, schedules and optax chain (`optg_jax.train`), and at every
 refresh records per layer (`optg_jax.diagnostics.refresh_stats`): pruned and
 regrown weights with their magnitudes, dead output units, score quantiles,
-the signal-to-noise ratio of `G * W` accumulated since the last refresh, and
-the train accuracy before and eval accuracy after the refresh. Writes
+the signal-to-noise ratio of `G * W` accumulated since the last refresh, the
+train accuracy before the refresh, and two eval accuracies: of the masks the
+steps before the refresh trained with (the model at that point, what an
+evaluation between epochs reports) and of the masks the refresh draws,
+before any step trains with them. The last row is the end of the run: the
+model it ships. Writes
 `DIR/refreshes.json` (everything) and `DIR/refreshes.md` (tables). Nothing
 is checkpointed; this is a measurement, not a training run to keep.
 """
@@ -38,10 +42,11 @@ flags.mark_flags_as_required(["config", "output"])
 
 def _overview(records, steps_per_epoch):
   """One row per refresh: where the masks changed most, and the SNR."""
-  lines = ["| step | epoch | sparsity | train acc before | eval acc after | "
-           "median layer SNR | dead units | most pruned layers (pruned "
-           "fraction of the layer; pruned / regrown this refresh) |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| step | epoch | sparsity | train acc before | eval acc, masks "
+           "trained | eval acc, new masks | median layer SNR | dead units | "
+           "most pruned layers (pruned fraction of the layer; pruned / "
+           "regrown this refresh) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in records:
     layers = r["layers"]
     snrs = [s["snr_p50"] for s in layers.values()
@@ -55,10 +60,15 @@ def _overview(records, steps_per_epoch):
     lines.append(
         f"| {r['step']} | {r['step'] / steps_per_epoch:.1f} | "
         f"{r['sparsity']:.4f} | {r['train_accuracy']:.3f} | "
-        f"{r['eval_accuracy']:.3f} | "
+        f"{r['eval_accuracy_trained']:.3f} | "
+        f"{_maybe(r['eval_accuracy_new'], '.3f')} | "
         f"{np.median(snrs) if snrs else float('nan'):.2f} | "
         f"{sum(s['dead_units'] for s in layers.values())} | {worst or '—'} |")
   return "\n".join(lines) + "\n"
+
+
+def _maybe(value, spec):
+  return "—" if value is None else format(value, spec)
 
 
 def _table(records, steps_per_epoch):
@@ -66,11 +76,14 @@ def _table(records, steps_per_epoch):
                                                     steps_per_epoch),
            "## Per layer"]
   for r in records:
-    lines.append(f"\n### Refresh at step {r['step']} (epoch "
+    what = ("End of the run (the model it ships)" if r["final"] else
+            "Refresh")
+    lines.append(f"\n### {what} at step {r['step']} (epoch "
                  f"{r['step'] / steps_per_epoch:.2f}): sparsity "
                  f"{r['sparsity']:.4f}, train accuracy before "
-                 f"{r['train_accuracy']:.3f}, eval accuracy after "
-                 f"{r['eval_accuracy']:.3f}\n")
+                 f"{r['train_accuracy']:.3f}, eval accuracy of the masks "
+                 f"trained {r['eval_accuracy_trained']:.3f}, of the new "
+                 f"masks {_maybe(r['eval_accuracy_new'], '.3f')}\n")
     lines.append("| layer | kept | total | pruned | regrown | dead units | "
                  "mean abs W regrown | mean abs W kept | score p01 | "
                  "score p50 | score p99 | SNR p50 |")
@@ -115,7 +128,7 @@ def main(argv):
           file=sys.stderr)
     sys.exit(2)
   model, tx = run.model, run.tx
-  every = train.update_every_steps(config, run.steps_per_epoch)
+  every = run.update_every
   state = run.initial_state()
 
   @jax.jit
@@ -145,18 +158,19 @@ def main(argv):
     return new_state, criterion, accuracy
 
   @jax.jit
-  def evaluate_batch(state, batch):
-    masked = train.masked_params(config, state.params, state.opt_state)
+  def evaluate_batch(state, masks, batch):
+    masked = optg.apply_masks(state.params, masks)
     logits = model.apply({"params": masked,
                           "batch_stats": state.batch_stats}, batch["image"],
                          train=False)
     return jnp.sum((jnp.argmax(logits, -1) == batch["label"]) *
                    batch["mask"]), jnp.sum(batch["mask"])
 
-  def evaluate(state):
+  def evaluate(state, masks):
     hits = count = 0.0
     for batch in data.eval_iterator(config, local_device_count=1):
-      h, c = evaluate_batch(state, jax.tree.map(lambda x: x[0], batch))
+      h, c = evaluate_batch(state, masks,
+                            jax.tree.map(lambda x: x[0], batch))
       hits, count = hits + float(h), count + float(c)
     return hits / count
 
@@ -175,13 +189,16 @@ def main(argv):
     state, criterion, accuracy = step(state, batch)
     acc_sum, acc_sumsq = add(acc_sum, acc_sumsq, criterion)
     accuracies.append(accuracy)
-    if (t + 1) % every or t + 1 == run.total_steps:
+    final = t + 1 == run.total_steps
+    if (t + 1) % every and not final:
       continue
     refreshes += 1
-    if refreshes % FLAGS.record_every:
+    if refreshes % FLAGS.record_every and not final:
       continue
     host = jax.device_get(state)
-    new_masks = optg.get_masks(host.opt_state)
+    trained = optg.trained_masks(host.opt_state)
+    # At the end no refresh follows the last step: the masks are the model.
+    new_masks = trained if final else optg.get_masks(host.opt_state)
     scores = (optg.get_optg_state(host.opt_state).scores
               if config.method == "optg" else None)
     layers = diagnostics.refresh_stats(
@@ -189,15 +206,24 @@ def main(argv):
         jax.device_get(acc_sum), jax.device_get(acc_sumsq))
     record = {
         "step": t + 1,
+        "final": final,
         "sparsity": optg.sparsity_report(new_masks)["sparsity"],
         "train_accuracy": float(np.mean(jax.device_get(accuracies))),
-        "eval_accuracy": evaluate(state),
+        "eval_accuracy_trained": evaluate(state, trained),
+        "eval_accuracy_new": None if final else evaluate(state, new_masks),
         "layers": layers,
     }
     records.append(record)
-    print(f"refresh at step {t + 1}: sparsity {record['sparsity']:.4f}, "
-          f"train accuracy {record['train_accuracy']:.3f}, eval accuracy "
-          f"{record['eval_accuracy']:.3f}", flush=True)
+    if final:
+      print(f"end of the run at step {t + 1}: sparsity "
+            f"{record['sparsity']:.4f}, train accuracy "
+            f"{record['train_accuracy']:.3f}, eval accuracy "
+            f"{record['eval_accuracy_trained']:.3f}", flush=True)
+    else:
+      print(f"refresh at step {t + 1}: sparsity {record['sparsity']:.4f}, "
+            f"train accuracy {record['train_accuracy']:.3f}, eval accuracy "
+            f"of the masks trained {record['eval_accuracy_trained']:.3f}, of "
+            f"the new masks {record['eval_accuracy_new']:.3f}", flush=True)
     acc_sum, acc_sumsq, accuracies = zeros(), zeros(), []
     old_masks = new_masks
     if FLAGS.max_refreshes and len(records) >= FLAGS.max_refreshes:

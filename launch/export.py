@@ -124,7 +124,8 @@ def _restored_run(workdir: str):
           errors.CheckpointError) as e:
     raise ExportError(str(e), errors.exit_code(e)) from None
   state = jax.device_get(state)
-  masks = jax.device_get(train.current_masks(config, state.opt_state))
+  # The model the run trained: the masks its last step trained with.
+  masks = jax.device_get(train.shipped_masks(config, state.opt_state))
   return state, masks
 
 

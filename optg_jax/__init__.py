@@ -7,6 +7,9 @@ TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
 from optg_jax.export import export_sparse
 from optg_jax.export import load_sparse
 from optg_jax.export import to_bcoo
+from optg_jax.keep_sparse import keep_sparse
+from optg_jax.keep_sparse import KeepSparseState
+from optg_jax.keep_sparse import trained_params
 from optg_jax.nm import NM
 from optg_jax.nm import nm_mask
 from optg_jax.nm import nm_masks
@@ -15,8 +18,11 @@ from optg_jax.report import sparsity_report
 from optg_jax.report import sparsity_table
 from optg_jax.schedules import epochwise_cosine_schedule
 from optg_jax.schedules import final_sparsity_shortfall
+from optg_jax.schedules import last_refresh_step
+from optg_jax.schedules import SigmoidSparsity
 from optg_jax.schedules import sigmoid_sparsity_schedule
 from optg_jax.schedules import supermask_learning_rate
+from optg_jax.schedules import TARGET_TOLERANCE
 from optg_jax.topk import topk_masks
 from optg_jax.transform import apply_masks
 from optg_jax.transform import CRITERIA
@@ -28,15 +34,19 @@ from optg_jax.transform import OptGState
 from optg_jax.transform import path_to_str
 from optg_jax.transform import SCORE_NORMALIZATIONS
 from optg_jax.transform import STATIC_ARGS
+from optg_jax.transform import trained_masks
 
 __version__ = "0.1.0"
 
 __all__ = (
     "CRITERIA",
+    "KeepSparseState",
     "NM",
     "OptGState",
     "SCORE_NORMALIZATIONS",
     "STATIC_ARGS",
+    "SigmoidSparsity",
+    "TARGET_TOLERANCE",
     "apply_masks",
     "epochwise_cosine_schedule",
     "export_sparse",
@@ -44,6 +54,8 @@ __all__ = (
     "forced_count",
     "get_masks",
     "get_optg_state",
+    "keep_sparse",
+    "last_refresh_step",
     "load_sparse",
     "mask_transform",
     "nm_mask",
@@ -56,4 +68,6 @@ __all__ = (
     "supermask_learning_rate",
     "to_bcoo",
     "topk_masks",
+    "trained_masks",
+    "trained_params",
 )

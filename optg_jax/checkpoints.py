@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from optg_jax.errors import CheckpointError
 from optg_jax.errors import ConfigChanged
 from optg_jax.errors import ConfigError
+from optg_jax.errors import OldCheckpoint
 from optg_jax.errors import WorkdirBusy
 from optg_jax.errors import WorkdirError
 
@@ -45,6 +46,12 @@ DIGEST_ITEM = "digest"
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.json"
 SET_ASIDE_DIR = "corrupted_checkpoints"
+# The format of the saved state, recorded with its digest. 2: the transform
+# state holds the masks the last step trained with (`trained_masks`), and
+# the run's summary reports them; checkpoints without it (format 1) were
+# written by earlier releases, which reported the refresh after the last
+# step instead.
+FORMAT = 2
 
 # Fields a restart may change: they decide what is logged, evaluated, kept
 # and where data is read from, never the weights a step computes. Every
@@ -183,7 +190,8 @@ def save(manager: ocp.CheckpointManager, host_state) -> str:
     try:
       manager.save(step, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.StandardSave(host_state),
-          DIGEST_ITEM: ocp.args.JsonSave({"sha256": digest, "step": step}),
+          DIGEST_ITEM: ocp.args.JsonSave({"sha256": digest, "step": step,
+                                          "format": FORMAT}),
       }), force=True)
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
@@ -217,6 +225,32 @@ def os_error_in(error: BaseException) -> Optional[OSError]:
         return OSError(code, os.strerror(code))
     seen = seen.__cause__ or seen.__context__
   return None
+
+
+def check_format(manager: ocp.CheckpointManager, step: int) -> None:
+  """Refuses a checkpoint written in another format (an earlier release).
+
+  A checkpoint whose digest cannot be read is left to `restore`, which
+  reports it as unreadable.
+
+  Raises:
+    OldCheckpoint: naming the directory and what to do.
+  """
+  try:
+    record = manager.restore(step, args=ocp.args.Composite(**{
+        DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM]
+  except Exception:  # pylint: disable=broad-except
+    return
+  if not isinstance(record, dict) or "sha256" not in record:
+    return
+  found = record.get("format", 1)
+  if found != FORMAT:
+    raise OldCheckpoint(
+        f"the checkpoints in {manager.directory} were written by an earlier "
+        f"release of optg_jax (checkpoint format {found}, this release "
+        f"reads {FORMAT}): their runs reported the masks of a refresh after "
+        "the last step, which no step trained with; finish or evaluate "
+        "them with that release, or start the run again in a new workdir")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, template):
@@ -284,10 +318,15 @@ def restore_latest(manager: ocp.CheckpointManager, state,
 
   Raises:
     CheckpointError: if there are checkpoints but none can be read.
+    OldCheckpoint: a checkpoint of an earlier release's format (nothing is
+      moved).
   """
   steps = sorted(manager.all_steps(), reverse=True)
   errors, unreadable = [], []
   for step in steps:
+    with _HeldNoise().installed() as noise:
+      noise.drop()  # A digest that cannot be read is reported below.
+      check_format(manager, step)  # Raises OldCheckpoint: nothing moved.
     try:
       with _HeldNoise().installed() as noise:
         try:

@@ -36,6 +36,13 @@ def eval_figures(metrics) -> str:
           f"{metrics['eval_loss']:.4f}")
 
 
+def best_figure(best: Optional[Dict[str, Any]]) -> str:
+  """`best top-1 0.9798 at step 460`, or why there is none yet."""
+  if best is None:
+    return "no evaluation at the target sparsity yet"
+  return f"best top-1 {best['eval_accuracy']:.4f} at step {best['step']}"
+
+
 def count(n: float) -> str:
   """4,096 -> 4.1k; 2,532,992 -> 2.53M."""
   for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -123,10 +130,12 @@ def log_summary(summary: Dict[str, Any], workdir: str,
                                         "eval_loss")}
   best = ""
   if "best_eval_accuracy" in summary:
-    best = (f" | best top-1 {summary['best_eval_accuracy']:.4f} at step "
-            f"{summary['best_eval_step']}")
-  info("%s at step %d (the masks of the last refresh: the model this run "
-       "ships): %s%s", "Evaluation (eval_only)" if summary_name
+    best = " | " + best_figure(
+        None if summary["best_eval_accuracy"] is None else
+        {"eval_accuracy": summary["best_eval_accuracy"],
+         "step": summary["best_eval_step"]})
+  info("%s at step %d (the masks its last step trained with: the model "
+       "this run ships): %s%s", "Evaluation (eval_only)" if summary_name
        else "Final evaluation", summary["steps"], eval_figures(evaluation),
        best)
   info("Sparsity %.4f (target %g): %s of %s prunable weights kept; "

@@ -4,8 +4,9 @@ Every error here has a one-line message, printed as `error: MESSAGE`:
 
   exit 2  bad input: a configuration that cannot run or cannot reach its
           target, a dataset that is not there, a workdir that is a file, in
-          use by another run, or holding a run of another configuration
-          (`ConfigError` and its subclasses, `data.DatasetError`).
+          use by another run, holding a run of another configuration or
+          checkpoints of an earlier release (`ConfigError` and its
+          subclasses, `data.DatasetError`).
   exit 3  the run stopped for a fault of the run itself: non-finite loss or
           gradients, no readable checkpoint (`NonFiniteError`,
           `CheckpointError`).
@@ -31,6 +32,10 @@ class WorkdirBusy(ConfigError):
 
 class ConfigChanged(ConfigError):
   """A restart whose config changes the trajectory of the recorded run."""
+
+
+class OldCheckpoint(ConfigError):
+  """Checkpoints written by an earlier release, in another format."""
 
 
 class NonFiniteError(RuntimeError):

@@ -8,7 +8,8 @@ paper's recipes is `epochwise_cosine_schedule`: set once per epoch, a linear
 warm-up then a cosine over all the epochs.
 """
 
-from typing import Callable, Union
+import dataclasses
+from typing import Callable, Dict, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -31,18 +32,53 @@ def _check_positive_int(value, name: str) -> None:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+# How far below its target the sparsity of the masks a run ends with may
+# stay: the harness refuses a run that falls further short, and
+# `mask_transform` warns.
+TARGET_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmoidSparsity:
+  """OptG's sigmoid sparsity schedule, `step -> sparsity` (float32 scalar).
+
+  `target * sigmoid(beta * (floor(step / steps_per_epoch) - total_epochs /
+  2))`: constant within an epoch. Built by `sigmoid_sparsity_schedule`; it
+  knows the run it was built for (`total_steps`), so `mask_transform` can
+  stop refreshing when the run ends and warn when the run's last masks fall
+  short of `target`.
+  """
+  target: float
+  total_epochs: int
+  steps_per_epoch: int
+  beta: float = 1.0
+
+  @property
+  def total_steps(self) -> int:
+    """The run's number of optimizer steps, `total_epochs * steps_per_epoch`."""
+    return self.total_epochs * self.steps_per_epoch
+
+  def __call__(self, step):
+    epoch = jnp.floor_divide(jnp.asarray(step, jnp.int32),
+                             self.steps_per_epoch)
+    x = self.beta * (epoch.astype(jnp.float32) - self.total_epochs / 2)
+    return jnp.float32(self.target) * jax.nn.sigmoid(x).astype(jnp.float32)
+
+
 def sigmoid_sparsity_schedule(target: float,
                               total_epochs: int,
                               steps_per_epoch: int,
-                              beta: float = 1.0) -> Schedule:
+                              beta: float = 1.0) -> SigmoidSparsity:
   """The sigmoid sparsity schedule of OptG.
 
   Sparsity is constant within an epoch and follows
   `target * sigmoid(beta * (epoch - total_epochs / 2))`, so the network is
-  nearly dense early on, is pruned hardest around the middle of training and
-  ends at `target * sigmoid(beta * total_epochs / 2)`, just below `target`.
-  Short runs need a larger `beta` to get close to `target`:
-  see `final_sparsity_shortfall`.
+  nearly dense early on and is pruned hardest around the middle of training.
+  The masks the last epoch trains with, the model a run ends with, are
+  drawn at `target * sigmoid(beta * (total_epochs / 2 - 1))`, just below
+  `target`; short runs need a larger `beta` to get close to it (see
+  `final_sparsity_shortfall`; `mask_transform` warns when the shortfall is
+  over `TARGET_TOLERANCE`).
 
   Args:
     target: the target sparsity `P`, in [0, 1).
@@ -51,29 +87,29 @@ def sigmoid_sparsity_schedule(target: float,
     beta: the steepness of the sigmoid (1 in the paper's recipes).
 
   Returns:
-    A jit-traceable schedule `step -> sparsity` (float32 scalar).
+    A jit-traceable schedule `step -> sparsity` (float32 scalar) that also
+    carries its arguments and `total_steps`.
   """
   _check_target(target)
   _check_positive_int(total_epochs, "total_epochs")
   _check_positive_int(steps_per_epoch, "steps_per_epoch")
-  if not np.isfinite(beta) or beta <= 0:
+  if (not isinstance(beta, (int, float, np.number)) or isinstance(beta, bool)
+      or not np.isfinite(beta) or beta <= 0):
     raise ValueError(f"beta must be a positive number, got {beta!r}")
-
-  def schedule(step):
-    epoch = jnp.floor_divide(jnp.asarray(step, jnp.int32), steps_per_epoch)
-    x = beta * (epoch.astype(jnp.float32) - total_epochs / 2)
-    return jnp.float32(target) * jax.nn.sigmoid(x).astype(jnp.float32)
-
-  return schedule
+  return SigmoidSparsity(float(target), int(total_epochs),
+                         int(steps_per_epoch), float(beta))
 
 
 def final_sparsity_shortfall(target: float, total_epochs: int,
                              beta: float = 1.0) -> float:
-  """How far the last epoch's sparsity falls short of the target.
+  """How far the sparsity of the masks the last epoch trains with falls
+  short of the target.
 
-  The masks of the last refresh are drawn at the sparsity of the epoch after
-  the last one, `target * sigmoid(beta * total_epochs / 2)`, which is below
-  `target` by `target * sigmoid(-beta * total_epochs / 2)`.
+  With a refresh at least once an epoch, the last step trains with masks
+  drawn in the last epoch, at `target * sigmoid(beta * (total_epochs / 2 -
+  1))`, below `target` by `target * sigmoid(-beta * (total_epochs / 2 -
+  1))`. (A refresh after the last step would draw masks at the next epoch's
+  sparsity, but no step trains with them: they are not the run's model.)
 
   Args:
     target: the target sparsity.
@@ -83,7 +119,81 @@ def final_sparsity_shortfall(target: float, total_epochs: int,
   Returns:
     The shortfall, a Python float.
   """
-  return float(target / (1.0 + np.exp(beta * total_epochs / 2)))
+  return float(target / (1.0 + np.exp(beta * (total_epochs / 2 - 1))))
+
+
+def last_refresh_step(total_steps: int, update_every: int) -> int:
+  """The step whose refresh draws the masks the run's last step trains with.
+
+  A refresh happens after step `t` when `(t + 1) % update_every == 0` and
+  `t + 1 < total_steps` (a refresh after the last step would draw masks no
+  step trains with). This is the largest such `t + 1`, or 0 when there is
+  none: the run then trains with its initial, dense masks throughout.
+
+  Args:
+    total_steps: the run's number of optimizer steps.
+    update_every: the refresh period in steps.
+  """
+  return (total_steps - 1) // update_every * update_every
+
+
+def shortfall_message(schedule: SigmoidSparsity, update_every: int,
+                      names: Optional[Dict[str, str]] = None
+                      ) -> Optional[str]:
+  """Why a run's last masks fall short of its target, and what would do.
+
+  The masks the last step trains with (`last_refresh_step`) are drawn at
+  `schedule(last)`; a run whose `schedule.target - schedule(last)` exceeds
+  `TARGET_TOLERANCE` cannot reach its target. The message names the values
+  that would: a `beta`, a number of epochs, a refresh period that refreshes
+  in the last epoch.
+
+  Args:
+    schedule: the run's sparsity schedule.
+    update_every: the refresh period in steps.
+    names: how the message calls `beta`, `total_epochs` and
+      `update_every` (the harness passes its config fields).
+
+  Returns:
+    One line, or None when the run reaches its target within the tolerance.
+  """
+  names = {"beta": "beta", "total_epochs": "total_epochs",
+           "update_every": "update_every", **(names or {})}
+  target, epochs = schedule.target, schedule.total_epochs
+  run_steps, per_epoch = schedule.total_steps, schedule.steps_per_epoch
+  last = last_refresh_step(run_steps, update_every)
+  if last == 0:
+    return (f"{names['update_every']}={update_every} refreshes the masks "
+            f"only after the run's {run_steps} steps (total_epochs="
+            f"{epochs} x {per_epoch} steps per epoch): no step would train "
+            "with pruned masks; refresh at least once before the end")
+  with jax.ensure_compile_time_eval():  # Also while a step is traced.
+    reached = float(schedule(last))
+  if target - reached <= TARGET_TOLERANCE:
+    return None
+  fixes = []
+  last_epoch = last // per_epoch
+  centre_offset = last_epoch - epochs / 2
+  if centre_offset > 0:
+    # target * sigmoid(-beta * offset) <= tolerance.
+    beta = np.log(target / TARGET_TOLERANCE - 1.0) / centre_offset
+    fixes.append(f"{names['beta']} >= {np.ceil(beta * 100) / 100:g} (now "
+                 f"{schedule.beta:g})")
+  if last_epoch < epochs - 1:
+    # The last refresh falls before the last epoch.
+    fixes.append(f"an {names['update_every']} (now {update_every}) that "
+                 f"refreshes in the last epoch (at most {per_epoch}, the "
+                 "steps of an epoch)")
+    fixes.append(f"more {names['total_epochs']} (now {epochs})")
+  else:
+    # target * sigmoid(-beta * (epochs / 2 - 1)) <= tolerance.
+    needed = int(np.ceil(2 * (np.log(target / TARGET_TOLERANCE - 1.0) /
+                              schedule.beta + 1)))
+    fixes.append(f"{names['total_epochs']} >= {needed} (now {epochs})")
+  return (f"the masks the last step trains with (drawn after step {last} of "
+          f"{run_steps}) are at sparsity {reached:.4f}, short of the target "
+          f"{target:g} by {target - reached:.4f} (more than "
+          f"{TARGET_TOLERANCE:g}); set " + " or ".join(fixes))
 
 
 def epochwise_cosine_schedule(base_lr: float,

@@ -39,6 +39,7 @@ from optg_jax import data
 from optg_jax import flops
 from optg_jax import models
 from optg_jax import nm
+from optg_jax import schedules as schedules_lib
 from optg_jax import topk
 from optg_jax.checkpoints import checkpoint_manager
 from optg_jax.checkpoints import restore_latest
@@ -247,7 +248,10 @@ def create_optimizer(config, schedules: Schedules,
         # N:M keeps n of every m inputs of each unit: the floor is implied.
         min_kept_per_unit=(0 if structure_of(config) else
                            config.get("min_kept_per_unit", 0)),
-        structure=structure_of(config), indivisible="dense"))
+        structure=structure_of(config), indivisible="dense",
+        # No refresh after the run's last step: the masks the last step
+        # trains with are the model (`num_train_steps` only stops early).
+        total_steps=config.num_epochs * steps_per_epoch))
   chain += [
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedules.learning_rate, momentum=config.momentum,
@@ -257,11 +261,21 @@ def create_optimizer(config, schedules: Schedules,
 
 
 def current_masks(config, opt_state):
-  """The masks in force, or None for a dense run."""
+  """The masks in force for the next step, or None for a dense run."""
   return None if config.method == "dense" else optg.get_masks(opt_state)
 
 
+def shipped_masks(config, opt_state):
+  """The masks the last step trained with, or None for a dense run.
+
+  The model a run reports, evaluates and ships: the refresh after a step
+  draws masks for the steps to come, which no step has trained with yet.
+  """
+  return None if config.method == "dense" else optg.trained_masks(opt_state)
+
+
 def masked_params(config, params, opt_state):
+  """The params the next step's forward pass runs on."""
   masks = current_masks(config, opt_state)
   return params if masks is None else optg.apply_masks(params, masks)
 
@@ -498,47 +512,69 @@ EVAL_FIGURES = ("eval_accuracy", "eval_top5_accuracy", "eval_loss",
 class EvalHistory:
   """Every evaluation of a run, kept in `WORKDIR/evaluations.json`.
 
-  An evaluation between epochs (`masks: "trained"`) uses the masks the
-  epoch trained with, as the reference's per-epoch validation does; the
-  evaluation at the end of the run (`masks: "final"`) uses `get_masks`,
-  the masks of the last refresh, i.e. the model the run ships. The best
-  evaluation (highest top-1, the earliest on ties) is the reference's
-  `best_acc1`. The file survives preemption; a resumed run drops the
-  evaluations after its checkpoint (it computes them again).
+  Every evaluation uses the masks the steps before it trained with
+  (`masks: "trained"`), as the reference's per-epoch validation does:
+  between epochs, the masks the epoch just trained with, not those the
+  refresh after its last step drew for the next epoch; at the end of the
+  run, the model it ships. The best evaluation (highest top-1, the earliest
+  on ties) is the reference's `best_acc1`, counted only among evaluations
+  of masks drawn at the target sparsity (their scheduled sparsity within
+  `TARGET_TOLERANCE` of it): on a schedule still rising, an early epoch of
+  an almost dense network would win it. Before the target is reached there
+  is no best.
+
+  The file survives preemption; a resumed run drops the evaluations after
+  its checkpoint (it computes them again), and the final evaluation of a
+  run stopped early by `num_train_steps` (`final: true`), so that a run
+  resumed further keeps the evaluations of one never stopped.
   """
 
-  def __init__(self, workdir: str, start_step: int, read_only: bool = False):
+  def __init__(self, workdir: str, start_step: int, target: float,
+               read_only: bool = False):
     self.path = os.path.join(workdir, "evaluations.json")
+    self.target = target
     self.read_only = read_only
     self.records = []
     if os.path.exists(self.path):
       with open(self.path) as f:
         self.records = [r for r in json.load(f)
-                        if r["step"] <= start_step and r["masks"] == "trained"]
+                        if r["step"] <= start_step and not r.get("final")]
 
-  def add(self, step: int, epoch: float, masks: str, metrics) -> Dict:
-    record = {"step": int(step), "epoch": float(epoch), "masks": masks,
-              **{k: float(metrics[k]) for k in EVAL_FIGURES if k in metrics}}
-    self.records = [r for r in self.records
-                    if (r["step"], r["masks"]) != (step, masks)] + [record]
+  def add(self, step: int, epoch: float, scheduled: float, metrics,
+          final: bool = False) -> Dict:
+    """Records the evaluation after `step` of masks drawn at `scheduled`."""
+    record = {"step": int(step), "epoch": float(epoch), "masks": "trained",
+              "scheduled_sparsity": float(scheduled),
+              **{k: float(metrics[k]) for k in EVAL_FIGURES if k in metrics},
+              "eval_examples": int(metrics["eval_examples"])}
+    if final:
+      record["final"] = True
+    self.records = [r for r in self.records if r["step"] != step] + [record]
     if jax.process_index() == 0 and not self.read_only:
       with open(self.path + ".tmp", "w") as f:
         json.dump(self.records, f, indent=1)
       os.replace(self.path + ".tmp", self.path)
     return record
 
+  def at(self, step: int) -> Optional[Dict]:
+    """The evaluation after `step`, if there is one."""
+    return next((r for r in self.records if r["step"] == step), None)
+
+  def at_target(self, record: Dict) -> bool:
+    """Whether an evaluation's masks were drawn at the target sparsity."""
+    return (abs(record.get("scheduled_sparsity", 0.0) - self.target)
+            <= TARGET_TOLERANCE)
+
   def best(self) -> Optional[Dict]:
-    if not self.records:
+    eligible = [r for r in self.records if self.at_target(r)]
+    if not eligible:
       return None
-    return max(self.records, key=lambda r: (r["eval_accuracy"], -r["step"]))
+    return max(eligible, key=lambda r: (r["eval_accuracy"], -r["step"]))
 
   def summary(self) -> Dict[str, Any]:
     best = self.best()
-    if best is None:
-      return {}
-    return {"best_eval_accuracy": best["eval_accuracy"],
-            "best_eval_step": best["step"],
-            "best_eval_masks": best["masks"],
+    return {"best_eval_accuracy": best and best["eval_accuracy"],
+            "best_eval_step": best and best["step"],
             "evaluations": self.records}
 
 
@@ -594,7 +630,7 @@ class _CollapseWatch:
     if key == self.last:
       return
     if self.last is not None or any(key):
-      refresh = step - step % self.update_every
+      refresh = optg.last_refresh_step(step, self.update_every)
       if not any(key):
         logging.warning("Mask refresh at step %d: no layer or unit is cut "
                         "off any more", refresh)
@@ -620,9 +656,10 @@ def model_layers(model, variables, image_shape):
 
 
 def _model_summary(config, model, state: TrainState, image_shape):
-  """Actual sparsity, MACs and the per-layer table of the host state."""
+  """Actual sparsity, MACs and the per-layer table of the model the host
+  state ships (the masks its last step trained with)."""
   params = state.params
-  masks = current_masks(config, state.opt_state)
+  masks = shipped_masks(config, state.opt_state)
   variables = {"params": params, "batch_stats": state.batch_stats}
   macs = flops.count_macs(model, variables, (1,) + tuple(image_shape),
                           masks=masks)
@@ -718,49 +755,20 @@ def _write_outputs(workdir, summary, table, summary_name: str = SUMMARY):
 # The run.
 
 
-# How far below its target a run's last mask refresh may stay.
-TARGET_TOLERANCE = 1e-3
-
-
-def _shortfall_message(config, last: int, run_steps: int, every: int,
-                       steps_per_epoch: int, reached: float) -> str:
-  """What falls short and which fields to change (one line)."""
-  target, epochs = target_sparsity(config), config.num_epochs
-  fixes = []
-  last_epoch = last // steps_per_epoch
-  if last_epoch < epochs:
-    # The last refresh falls before the end: at the last epoch's sparsity.
-    fixes.append(f"an update_every_steps (now {every}) that divides the "
-                 f"run's {run_steps} steps")
-    centre_offset = last_epoch - epochs / 2
-  else:
-    centre_offset = epochs / 2
-  if centre_offset > 0:
-    # target * sigmoid(-beta * offset) <= tolerance.
-    beta = np.log(target / TARGET_TOLERANCE - 1.0) / centre_offset
-    fixes.insert(0, f"beta >= {np.ceil(beta * 100) / 100:g} (now "
-                 f"{config.beta:g})")
-  if last_epoch >= epochs:
-    # target * sigmoid(-beta * epochs / 2) <= tolerance.
-    needed = int(np.ceil(2 * np.log(target / TARGET_TOLERANCE - 1.0) /
-                         config.beta))
-    fixes.append(f"num_epochs >= {needed} (now {epochs})")
-  else:
-    fixes.append(f"more num_epochs (now {epochs})")
-  return (f"the last mask refresh (step {last} of {run_steps}) prunes to "
-          f"sparsity {reached:.4f}, short of the target {target:g} by "
-          f"{target - reached:.4f} (more than {TARGET_TOLERANCE:g}); set "
-          + " or ".join(fixes))
+# How far below its target the masks a run ends with may be.
+TARGET_TOLERANCE = optg.TARGET_TOLERANCE
 
 
 def check_target(config, steps_per_epoch: int, prunable) -> None:
   """Refuses (ConfigError) a run that cannot reach its target sparsity.
 
-  A sparsity that keeps no weight, a refresh period longer than the run
-  (the masks would never be drawn), a last refresh that falls short of the
-  target by more than `TARGET_TOLERANCE`, and `min_kept_per_unit` floors
-  that need more weights than the target keeps. The schedule is that of the
-  whole run (`num_epochs`); `num_train_steps` only stops it early.
+  Judged on the model the run ships, the masks its last step trains with:
+  a sparsity that keeps no weight, a refresh period that draws no masks
+  before the run ends, masks that fall short of the target by more than
+  `TARGET_TOLERANCE` (`schedules_lib.shortfall_message`), and
+  `min_kept_per_unit` floors that need more weights than the target keeps.
+  The schedule is that of the whole run (`num_epochs`); `num_train_steps`
+  only stops it early.
 
   Args:
     config: the run's config (not a dense one).
@@ -775,20 +783,14 @@ def check_target(config, steps_per_epoch: int, prunable) -> None:
         f"sparsity {config.sparsity} keeps no weight of {config.model}'s "
         f"{total:,} prunable weights; the largest sparsity that keeps one "
         f"is {(total - 1) / total:.8f}")
-  run_steps = config.num_epochs * steps_per_epoch
-  every = update_every_steps(config, steps_per_epoch)
-  if every > run_steps:
-    raise ConfigError(
-        f"update_every_steps={every} is longer than the run ({run_steps} "
-        f"steps: num_epochs={config.num_epochs} x {steps_per_epoch} steps "
-        "per epoch): the masks would never be refreshed")
-  last = run_steps // every * every
-  schedule = optg.sigmoid_sparsity_schedule(
-      target, config.num_epochs, steps_per_epoch, beta=config.beta)
-  reached = float(schedule(last))
-  if target - reached > TARGET_TOLERANCE:
-    raise ConfigError(_shortfall_message(config, last, run_steps, every,
-                                         steps_per_epoch, reached))
+  message = schedules_lib.shortfall_message(
+      optg.sigmoid_sparsity_schedule(target, config.num_epochs,
+                                     steps_per_epoch, beta=config.beta),
+      update_every_steps(config, steps_per_epoch),
+      names={"total_epochs": "num_epochs",
+             "update_every": "update_every_steps"})
+  if message:
+    raise ConfigError(message)
   floor = config.get("min_kept_per_unit", 0)
   if floor and structure_of(config) is None:
     forced = optg.forced_count(prunable, floor)
@@ -815,11 +817,13 @@ class _Run:
     self.total_steps = config.num_epochs * self.steps_per_epoch
     if config.num_train_steps > 0:
       self.total_steps = min(self.total_steps, config.num_train_steps)
+    self.update_every = update_every_steps(config, self.steps_per_epoch)
+    self.target = (target_sparsity(config) if config.method != "dense"
+                   else 0.0)
     self.schedules = create_schedules(config, self.steps_per_epoch)
-    self.tx = create_optimizer(config, self.schedules, self.steps_per_epoch)
     self.model = create_model(config, self.info.num_classes)
     self._check_target()
-    self._p_masks = None
+    self.tx = create_optimizer(config, self.schedules, self.steps_per_epoch)
 
   def _prunable_shapes(self):
     shapes = jax.eval_shape(
@@ -846,17 +850,17 @@ class _Run:
         axis_name="batch")
     return p_train, p_eval
 
-  def masks_in_force(self, state):
-    """A copy of the replicated masks the next step trains with, or None.
+  def trained_masks(self, state):
+    """The masks the last step trained with (replicated), or None: dense."""
+    return shipped_masks(self.config, state.opt_state)
 
-    A copy, because the train step donates the state's buffers.
-    """
-    if self.config.method == "dense":
-      return None
-    if self._p_masks is None:
-      self._p_masks = jax.pmap(lambda s: jax.tree.map(
-          jnp.copy, optg.get_masks(s.opt_state)))
-    return self._p_masks(state)
+  def scheduled_sparsity(self, done: int) -> float:
+    """The scheduled sparsity of the masks the first `done` steps ended
+    with (those of the last refresh before step `done`; 0 before any)."""
+    last = optg.last_refresh_step(done, self.update_every)
+    if self.config.method == "dense" or last == 0:
+      return 0.0
+    return float(self.schedules.sparsity(last))
 
   def eval_due(self, done: int) -> bool:
     """Whether an evaluation between epochs follows step `done`.
@@ -903,9 +907,11 @@ def _summary(run: _Run, state_host: TrainState, eval_metrics, wall_time):
          if k != "eval_examples"},
       "eval_examples": eval_metrics["eval_examples"],
       "sparsity": model_figures["sparsity"],
-      "target_sparsity": (target_sparsity(config)
-                          if config.method != "dense" else 0.0),
-      "scheduled_sparsity": float(run.schedules.sparsity(final_step)),
+      "target_sparsity": run.target,
+      "scheduled_sparsity": run.scheduled_sparsity(final_step),
+      # Every figure is of the masks the last step trained with (earlier
+      # releases reported the refresh after it, which no step trained).
+      "masks": "trained",
       **{k: v for k, v in model_figures.items() if k != "sparsity"},
       "steps": final_step,
       "epochs": final_step / run.steps_per_epoch,
@@ -993,8 +999,8 @@ def _evaluate_only(run: _Run, place, sigterm: SigtermFlag,
   step = int(state.step)
   _, p_eval = run.pmapped_steps()
   state = replicate(jax.device_get(state))
-  history = EvalHistory(place.path, step, read_only=True)
-  eval_metrics = evaluate(p_eval, state, run.masks_in_force(state),
+  history = EvalHistory(place.path, step, run.target, read_only=True)
+  eval_metrics = evaluate(p_eval, state, run.trained_masks(state),
                           run.config, run.local_device_count,
                           interrupt=_interruptible(sigterm))
   if sigterm.agreed(True):
@@ -1019,11 +1025,10 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
                                     "batch_stats": state.batch_stats},
                         run.info.image_shape)
   watch = _CollapseWatch(layers[0] if layers else None,
-                         layers[-1] if layers else None,
-                         update_every_steps(config, run.steps_per_epoch))
+                         layers[-1] if layers else None, run.update_every)
   p_train, p_eval = run.pmapped_steps()
   state = replicate(jax.device_get(state))
-  history = EvalHistory(workdir, start_step)
+  history = EvalHistory(workdir, start_step, run.target)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -1056,8 +1061,6 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   for step in range(start_step, run.total_steps):
     batch = next(train_iter)
     done = step + 1
-    # The masks this step trains with, for an evaluation after it.
-    trained_masks = run.masks_in_force(state) if run.eval_due(done) else None
     state, metrics = p_train(state, batch)
     if step == start_step:
       progress.start(metrics)  # Once compiled and run.
@@ -1074,9 +1077,7 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
       # Before a SIGTERM stops the run: the masks it needs are in no
       # checkpoint.
       with progress.paused(state):
-        _epoch_evaluation(run, state, trained_masks, p_eval, writer,
-                          history, done)
-    del trained_masks
+        _epoch_evaluation(run, state, p_eval, writer, history, done)
     if sigterm.agreed(at_log):
       _check_finite_and_log(writer, train_metrics, done, state, config,
                             write=False)
@@ -1095,11 +1096,16 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   if last_saved != final_step:
     place.check_present(final_step)
     save_checkpoint(manager, state)
-  # The model the run ships: the masks of the last refresh (get_masks).
-  final_masks = run.masks_in_force(state)
-  eval_metrics = evaluate(p_eval, state, final_masks, config,
-                          run.local_device_count,
-                          interrupt=_interruptible(sigterm))
+  # The model the run ships: the masks its last step trained with. An
+  # evaluation after the last epoch has just evaluated it.
+  record = history.at(final_step)
+  if record is not None:
+    eval_metrics = {**{k: record[k] for k in EVAL_FIGURES if k in record},
+                    "eval_examples": record["eval_examples"]}
+  else:
+    eval_metrics = evaluate(p_eval, state, run.trained_masks(state), config,
+                            run.local_device_count,
+                            interrupt=_interruptible(sigterm))
   if sigterm.agreed(True):
     # Saved above: the same command evaluates it again.
     writer.flush()
@@ -1113,12 +1119,16 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   state_host = jax.device_get(jax_utils.unreplicate(state))
   summary, table = _summary(run, state_host, eval_metrics,
                             time.time() - start_time)
-  summary.update(_best_of(run, history, eval_metrics, run.total_steps))
+  if record is None:
+    history.add(final_step, final_step / run.steps_per_epoch,
+                run.scheduled_sparsity(final_step), eval_metrics, final=True)
+  summary.update(history.summary())
   summary["replicas_identical"] = len(set(fingerprints)) == 1
   summary["replica_fingerprints"] = fingerprints
   writer.write_scalars(run.total_steps, {
       "actual_sparsity": summary["sparsity"],
-      "best_eval_accuracy": summary["best_eval_accuracy"]})
+      **({"best_eval_accuracy": summary["best_eval_accuracy"]}
+         if summary["best_eval_accuracy"] is not None else {})})
   writer.flush()
   place.check_present(final_step)
   _write_outputs(workdir, summary, table)
@@ -1126,27 +1136,19 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   return summary
 
 
-def _epoch_evaluation(run, state, trained_masks, p_eval, writer, history,
-                      done):
+def _epoch_evaluation(run, state, p_eval, writer, history, done):
   """Evaluates with the masks the finished epoch trained with; records it."""
-  metrics = evaluate(p_eval, state, trained_masks, run.config,
+  metrics = evaluate(p_eval, state, run.trained_masks(state), run.config,
                      run.local_device_count)
-  history.add(done, done / run.steps_per_epoch, "trained", metrics)
+  history.add(done, done / run.steps_per_epoch,
+              run.scheduled_sparsity(done), metrics)
   best = history.best()
-  writer.write_scalars(done, {**{k: v for k, v in metrics.items()
-                                 if k != "eval_examples"},
-                              "best_eval_accuracy": best["eval_accuracy"]})
-  console.info("Evaluation at step %d (epoch %.1f, the masks it trained with): "
-           "%s | best top-1 %.4f at step %d", done,
-           done / run.steps_per_epoch, console.eval_figures(metrics),
-           best["eval_accuracy"], best["step"])
-
-
-def _best_of(run, history: EvalHistory, final_metrics,
-             step: int) -> Dict[str, Any]:
-  """summary.json's best evaluation and the list of all of them."""
-  history.add(step, step / run.steps_per_epoch, "final", final_metrics)
-  return history.summary()
+  writer.write_scalars(done, {
+      **{k: v for k, v in metrics.items() if k != "eval_examples"},
+      **({"best_eval_accuracy": best["eval_accuracy"]} if best else {})})
+  console.info("Evaluation at step %d (epoch %.1f, the masks it trained "
+               "with): %s | %s", done, done / run.steps_per_epoch,
+               console.eval_figures(metrics), console.best_figure(best))
 
 
 def _periodic_work(run, place, state, writer, manager, done, last_saved,
@@ -1196,8 +1198,9 @@ def _check_finite_and_log(writer, train_metrics, step, state, config,
   for k in ("learning_rate", "mask_learning_rate", "scheduled_sparsity"):
     summary[k] = float(last[k])
   if config.method != "dense":
+    # The masks the steps just logged trained with.
     masks = jax.device_get(jax.tree.map(
-        lambda x: x[0], optg.get_masks(state.opt_state)))
+        lambda x: x[0], optg.trained_masks(state.opt_state)))
     report = optg.sparsity_report(masks)
     summary["actual_sparsity"] = report["sparsity"]
     summary["collapsed_layers"] = len(report["collapsed_layers"])

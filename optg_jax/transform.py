@@ -18,6 +18,7 @@ optimizer come after it:
 """
 
 import sys
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -41,7 +42,7 @@ SCORE_NORMALIZATIONS = (None, "layer_rms")
 # the scores may be injected.
 STATIC_ARGS = ("sparsity", "update_every", "where", "criterion",
                "score_normalization", "min_kept_per_unit", "axis_name",
-               "structure", "indivisible")
+               "structure", "indivisible", "total_steps")
 
 
 class OptGState(NamedTuple):
@@ -50,6 +51,10 @@ class OptGState(NamedTuple):
   scores: PyTree  # float32 scores `S` (all `None` for "magnitude").
   momentum: PyTree  # float32 momentum buffers of the scores (idem).
   masks: PyTree  # bool masks in force for the next forward pass.
+  # bool masks the last update's forward pass ran with: the model trained so
+  # far (before any update, the initial masks). They differ from `masks`
+  # only just after a refresh, which drew `masks` for the steps to come.
+  trained_masks: PyTree
 
 
 def path_to_str(path: Tuple[Any, ...]) -> str:
@@ -110,6 +115,22 @@ def _zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
     return jnp.where(m, x, jnp.zeros_like(x))
 
   return jax.tree.map(one, tree, unwrap_nnx(masks), is_leaf=_is_nnx_variable)
+
+
+def replace_values(tree: PyTree, values: PyTree) -> PyTree:
+  """`tree` with its leaves replaced by those of `values` (`None`: kept).
+
+  An NNX variable of `tree` keeps its wrapper, with the new value.
+  """
+
+  def one(x, v):
+    if v is None:
+      return x
+    if _is_nnx_variable(x):
+      return x.replace(v)
+    return v
+
+  return jax.tree.map(one, tree, values, is_leaf=_is_nnx_variable)
 
 
 def default_where(path: str, leaf: jax.Array) -> bool:
@@ -195,7 +216,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    min_kept_per_unit: Optional[int] = None,
                    axis_name: Optional[topk.AxisName] = None,
                    structure=None,
-                   indivisible: str = "dense"
+                   indivisible: str = "dense",
+                   total_steps: Optional[int] = None
                    ) -> optax.GradientTransformation:
   """OptG: learns global top-k masks from accumulated gradient-driven scores.
 
@@ -207,7 +229,15 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   force, so pruned weights receive no loss gradient (weight decay added
   downstream still reaches them). The model must run on
   `apply_masks(params, get_masks(opt_state))` and the updates given to this
-  transformation must be the gradients with respect to those masked weights.
+  transformation must be the gradients with respect to those masked weights;
+  wrap the chain in `keep_sparse` and the params themselves are that sparse
+  network, so the masking cannot be forgotten. It must come first in its
+  chain (reading the masks of a chain where it does not is an error).
+
+  The model a run ends with is its weights with the masks its last step
+  trained with, `trained_masks(opt_state)`. With `total_steps` known (a
+  `sigmoid_sparsity_schedule` brings it), no refresh follows the last step,
+  so `get_masks` gives those masks too at the end of the run.
 
   With `criterion="magnitude"` the same schedule and refresh cadence keep the
   largest `|W|` (of the params passed to `update`) instead: gradual magnitude
@@ -271,6 +301,14 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     indivisible: with `structure`, what to do with a kernel whose reduction
       axis is not a multiple of `m` (a 3-channel RGB stem): "dense" (the
       default) leaves it dense, "error" raises at `init`.
+    total_steps: the run's number of updates: no refresh after the last one
+      (its masks would be trained by no step). None: the sparsity schedule's
+      own `total_steps` when it has one (`sigmoid_sparsity_schedule`'s:
+      epochs x steps per epoch), else unbounded. When it is known, a run
+      whose masks are never refreshed before the end is a ValueError, and a
+      `sigmoid_sparsity_schedule` whose last trained masks fall short of
+      its target by more than `TARGET_TOLERANCE` is a warning naming the
+      `beta` or number of epochs that would reach it.
 
   With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
   scores' learning rate and momentum can then be injected, and the refreshes
@@ -283,27 +321,11 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     ValueError: for invalid arguments, with what to pass to
       `optax.inject_hyperparams` when an argument arrives as an array.
   """
+  update_every, total_steps = _checked_period(sparsity, update_every,
+                                              total_steps)
   if criterion not in CRITERIA:
     raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
                      f"{', '.join(CRITERIA)}")
-  if update_every is None:
-    update_every = 1
-  if isinstance(update_every, (jax.Array, jax.core.Tracer, np.ndarray)):
-    # optax.inject_hyperparams turns numeric arguments into arrays.
-    raise ValueError("update_every must be a static Python int, got an "
-                     "array; with optax.inject_hyperparams pass "
-                     "static_args=optg.STATIC_ARGS")
-  if isinstance(sparsity, (jax.Array, jax.core.Tracer, np.ndarray)):
-    raise ValueError(
-        "sparsity must be a Python number or a schedule, got an array: "
-        "optax.inject_hyperparams evaluates a sparsity schedule at the step "
-        "before each refresh, so the masks would come one refresh late; "
-        "pass static_args=optg.STATIC_ARGS so that the transform evaluates "
-        "it at the step after")
-  if (not isinstance(update_every, int) or isinstance(update_every, bool) or
-      update_every < 1):
-    raise ValueError(
-        f"update_every must be a positive integer, got {update_every!r}")
   if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= momentum < 1.0:
     raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
   if not callable(sparsity) and not isinstance(sparsity, jax.core.Tracer):
@@ -399,7 +421,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     else:
       scores = buffers = jax.tree.map(lambda _: None, masks)
     return OptGState(count=jnp.zeros([], jnp.int32), scores=scores,
-                     momentum=buffers, masks=masks)
+                     momentum=buffers, masks=masks, trained_masks=masks)
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -445,13 +467,72 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
 
     next_step = optax.safe_int32_increment(step)
     refresh = next_step % update_every == 0
+    if total_steps is not None:  # No refresh after the run's last step.
+      refresh &= next_step < total_steps
     new_masks = jax.lax.cond(refresh, refreshed, lambda: masks)
 
     masked_updates = _zero_pruned(wrapped_updates, masks)
     return masked_updates, OptGState(count=next_step, scores=scores,
-                                     momentum=buffers, masks=new_masks)
+                                     momentum=buffers, masks=new_masks,
+                                     trained_masks=masks)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_array(x) -> bool:
+  return isinstance(x, (jax.Array, jax.core.Tracer, np.ndarray))
+
+
+def _checked_period(sparsity, update_every, total_steps):
+  """`(update_every, total_steps)` checked, defaulted and made consistent.
+
+  `update_every` None is 1; `total_steps` None is the schedule's own when
+  it has one. A known run length is checked against the refresh period
+  (the masks must be refreshed before the end), and a sigmoid schedule
+  against its target (a warning when its last trained masks fall short).
+  """
+  if update_every is None:
+    update_every = 1
+  if _is_array(update_every):
+    # optax.inject_hyperparams turns numeric arguments into arrays.
+    raise ValueError("update_every must be a static Python int, got an "
+                     "array; with optax.inject_hyperparams pass "
+                     "static_args=optg.STATIC_ARGS")
+  if _is_array(sparsity):
+    raise ValueError(
+        "sparsity must be a Python number or a schedule, got an array: "
+        "optax.inject_hyperparams evaluates a sparsity schedule at the step "
+        "before each refresh, so the masks would come one refresh late; "
+        "pass static_args=optg.STATIC_ARGS so that the transform evaluates "
+        "it at the step after")
+  if (not isinstance(update_every, int) or isinstance(update_every, bool) or
+      update_every < 1):
+    raise ValueError(
+        f"update_every must be a positive integer, got {update_every!r}")
+  if _is_array(total_steps):
+    raise ValueError("total_steps must be a static Python int, got an "
+                     "array; with optax.inject_hyperparams pass "
+                     "static_args=optg.STATIC_ARGS")
+  if total_steps is None:
+    total_steps = getattr(sparsity, "total_steps", None)
+  if total_steps is None:
+    return update_every, None
+  if (not isinstance(total_steps, (int, np.integer)) or
+      isinstance(total_steps, bool) or total_steps < 1):
+    raise ValueError(
+        f"total_steps must be a positive integer, got {total_steps!r}")
+  total_steps = int(total_steps)
+  if schedules.last_refresh_step(total_steps, update_every) == 0:
+    raise ValueError(
+        f"update_every={update_every} never refreshes the masks within the "
+        f"run's total_steps={total_steps}: every step would train the "
+        "dense network; refresh at least once before the end")
+  if (isinstance(sparsity, schedules.SigmoidSparsity) and
+      total_steps == sparsity.total_steps):
+    message = schedules.shortfall_message(sparsity, update_every)
+    if message:
+      warnings.warn(f"mask_transform: {message}", stacklevel=3)
+  return update_every, total_steps
 
 
 def _nothing_selected_message(params: PyTree) -> str:
@@ -473,16 +554,49 @@ def _nothing_selected_message(params: PyTree) -> str:
 
 
 def _find_states(opt_state: PyTree) -> list:
+  """Every `OptGState` in `opt_state`, with its key path."""
   is_state = lambda x: isinstance(x, OptGState)
-  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state)
-          if is_state(x)]
+  flat = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_state)[0]
+  return [(path, x) for path, x in flat if is_state(x)]
+
+
+def _check_first(path: Tuple[Any, ...], opt_state: PyTree) -> None:
+  """Raises ValueError when the transform is not first in its chain.
+
+  `optax.chain` keeps its members' states in a tuple, in order; wrappers
+  (`inject_hyperparams`, `MultiSteps`, `multi_transform`, `keep_sparse`,
+  ...) hold theirs in named fields. Any transformation before this one
+  would change the gradients it reads (`G * W` is the score's gradient
+  only for the raw `G`) and would see the unmasked ones.
+  """
+  node = opt_state
+  for key in path:
+    if isinstance(key, jax.tree_util.SequenceKey) and key.idx > 0:
+      before = [type(x).__name__ for x in node[:key.idx]]
+      raise ValueError(
+          "mask_transform is not the first transformation of its chain: "
+          f"it comes after {len(before)} other "
+          f"{'state' if len(before) == 1 else 'states'} "
+          f"({', '.join(before)}), which would change the gradients its "
+          "scores learn from; put it first, e.g. optax.chain("
+          "optg.mask_transform(...), optax.add_decayed_weights(wd), "
+          "optax.sgd(lr, momentum))")
+    if isinstance(key, jax.tree_util.SequenceKey):
+      node = node[key.idx]
+    elif isinstance(key, jax.tree_util.DictKey):
+      node = node[key.key]
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      node = getattr(node, key.name)
+    else:
+      return  # A container this check does not know: nothing to say.
 
 
 def get_optg_state(opt_state: PyTree) -> OptGState:
   """The single `OptGState` inside an optimizer state.
 
   Looks through any nesting of optax states (`chain`, `inject_hyperparams`,
-  `multi_transform`, `MultiSteps`, ...), and `nnx.Optimizer.opt_state`.
+  `multi_transform`, `MultiSteps`, `keep_sparse`, ...), and
+  `nnx.Optimizer.opt_state`.
 
   Args:
     opt_state: an optax optimizer state.
@@ -491,7 +605,8 @@ def get_optg_state(opt_state: PyTree) -> OptGState:
     The `OptGState` found, with arrays (Flax NNX variables unwrapped).
 
   Raises:
-    ValueError: if there is none or more than one.
+    ValueError: if there is none or more than one, or if the transform is
+      not the first of its chain.
   """
   found = _find_states(opt_state)
   if not found:
@@ -499,25 +614,59 @@ def get_optg_state(opt_state: PyTree) -> OptGState:
   if len(found) > 1:
     raise ValueError(f"found {len(found)} mask_transform states in the "
                      "optimizer state; expected exactly one")
-  return unwrap_nnx(found[0])
+  path, state = found[0]
+  _check_first(path, opt_state)
+  return unwrap_nnx(state)
+
+
+def _masks_of(masks: PyTree) -> PyTree:
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda x: None if is_masked(x) else x, masks,
+                      is_leaf=is_masked)
 
 
 def get_masks(opt_state: PyTree) -> PyTree:
-  """The masks in force: bool arrays on prunable leaves, `None` elsewhere.
+  """The masks in force for the next forward pass.
+
+  What a train step runs the model with: `apply_masks(params,
+  get_masks(opt_state))`. Just after a refresh they are masks no step has
+  trained with yet; to evaluate, report or ship the model, use
+  `trained_masks` (or `trained_params`).
 
   Args:
     opt_state: an optax optimizer state containing one `mask_transform`
       state, anywhere (`nnx.Optimizer.opt_state` too).
 
   Returns:
-    A pytree with the params' structure. Leaves that the transform does not
-    see (other groups of `optax.multi_transform`) are `None` too. For Flax
-    NNX, the structure of `nnx.as_pure(nnx.state(model, nnx.Param))`.
+    A pytree with the params' structure: bool arrays on prunable leaves,
+    `None` elsewhere. Leaves that the transform does not see (other groups
+    of `optax.multi_transform`) are `None` too. For Flax NNX, the structure
+    of `nnx.as_pure(nnx.state(model, nnx.Param))`.
+
+  Raises:
+    ValueError: no transform state, several, or the transform is not the
+      first of its chain.
   """
-  masks = get_optg_state(opt_state).masks
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
-  return jax.tree.map(lambda x: None if is_masked(x) else x, masks,
-                      is_leaf=is_masked)
+  return _masks_of(get_optg_state(opt_state).masks)
+
+
+def trained_masks(opt_state: PyTree) -> PyTree:
+  """The masks the last update's forward pass ran with: the model so far.
+
+  The sparse network a run has trained, and the one to evaluate, report
+  and ship: at a refresh once an epoch, the masks the epoch just trained
+  with (`get_masks` then already holds those the refresh drew for the next
+  epoch). Before any update, the initial (all-kept) masks. Same structure
+  as `get_masks`.
+
+  Args:
+    opt_state: an optax optimizer state containing one `mask_transform`
+      state, anywhere.
+
+  Returns:
+    Bool arrays on prunable leaves, `None` elsewhere.
+  """
+  return _masks_of(get_optg_state(opt_state).trained_masks)
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:

@@ -126,7 +126,8 @@ class NumpyOptG:
         d = g[name][leaf] + WEIGHT_DECAY * layer[leaf]
         self.trace[name][leaf] = d + MOMENTUM * self.trace[name][leaf]
         layer[leaf] = layer[leaf] - lr * self.trace[name][leaf]
-    if (t + 1) % self.spe == 0:
+    # No refresh after the last step: its masks would train nothing.
+    if (t + 1) % self.spe == 0 and t + 1 < self.total_steps:
       self.refresh(self.sparsity(t + 1))
 
 
@@ -180,12 +181,19 @@ def test_jax_transform_matches_numpy_statement_of_spec():
 
   params, state = jax_training(init, x_train, y_train, steps_per_epoch)
   masks = optg.get_masks(state)
+  # No refresh after the last step: the masks in force are those it
+  # trained with.
+  for a, b in zip(jax.tree.leaves(masks),
+                  jax.tree.leaves(optg.trained_masks(state))):
+    np.testing.assert_array_equal(a, b)
 
-  # The masks tightened every epoch and ended near the final sparsity.
+  # The masks tightened every epoch, then the last epoch trained with the
+  # masks drawn at its start, at s(E - 1).
   n = sum(m.size for m in reference.mask.values())
   kept = [sum(int(m.sum()) for m in e.values()) for e in masks_per_epoch]
-  assert kept == sorted(kept, reverse=True) and len(set(kept)) == EPOCHS
-  final_s = TARGET / (1 + math.exp(-BETA * EPOCHS / 2))
+  assert kept == sorted(kept, reverse=True)
+  assert len(set(kept)) == EPOCHS - 1 and kept[-1] == kept[-2]
+  final_s = TARGET / (1 + math.exp(-BETA * (EPOCHS - 1 - EPOCHS / 2)))
   assert kept[-1] == n - round(final_s * n)
 
   for name in ("hidden", "out"):
@@ -196,14 +204,15 @@ def test_jax_transform_matches_numpy_statement_of_spec():
       got = np.asarray(params[name][leaf], np.float64)
       want = reference.w[name][leaf]
       scale = np.abs(want).max()
-      assert np.abs(got - want).max() <= 1e-5 * scale, (name, leaf)
+      # float32 against float64 over 230 steps: 1.1e-5 of the largest
+      # weight on some x86 CPUs, 5e-6 on others (XLA's fusions differ).
+      assert np.abs(got - want).max() <= 3e-5 * scale, (name, leaf)
     np.testing.assert_allclose(
         np.asarray(optg.get_optg_state(state).scores[name]["kernel"]),
         reference.score[name], rtol=1e-4,
         atol=1e-5 * np.abs(reference.score[name]).max())
 
-  # And the sparse network learned the task (10 classes; the last refresh
-  # pruned more at the very last step, with no step left to recover).
+  # And the sparse network it trained learned the task (10 classes).
   masked = optg.apply_masks(params, masks)
   h = np.tanh(x_test @ np.asarray(masked["hidden"]["kernel"]) +
               np.asarray(masked["hidden"]["bias"]))

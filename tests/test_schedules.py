@@ -28,10 +28,60 @@ def test_beta_steepens_and_shortfall_matches():
   s = optg.sigmoid_sparsity_schedule(0.9, 20, 5, beta=2.0)
   assert float(s(20 * 5)) == pytest.approx(0.9 / (1 + math.exp(-20)),
                                            rel=1e-6)
+  # The masks the last epoch trains with are drawn in epoch 19.
   short = optg.final_sparsity_shortfall(0.9, 20, beta=2.0)
-  assert short == pytest.approx(0.9 / (1 + math.exp(20)))
-  assert 0.9 - float(s(100)) == pytest.approx(short, abs=1e-7)
-  assert optg.final_sparsity_shortfall(0.9, 100) < 1e-21
+  assert short == pytest.approx(0.9 / (1 + math.exp(18)))
+  assert 0.9 - float(s(19 * 5)) == pytest.approx(short, abs=1e-7)
+  assert optg.final_sparsity_shortfall(0.9, 100) < 1e-20
+
+
+def test_sigmoid_schedule_knows_its_run():
+  s = optg.sigmoid_sparsity_schedule(0.9, 20, 5, beta=2.0)
+  assert isinstance(s, optg.SigmoidSparsity)
+  assert (s.target, s.total_epochs, s.steps_per_epoch, s.beta,
+          s.total_steps) == (0.9, 20, 5, 2.0, 100)
+  assert s == optg.sigmoid_sparsity_schedule(0.9, 20, 5, beta=2.0)
+  assert hash(s) == hash(optg.sigmoid_sparsity_schedule(0.9, 20, 5, 2.0))
+  assert float(jax.jit(s)(jnp.int32(57))) == pytest.approx(float(s(57)))
+
+
+@pytest.mark.parametrize("total, every, last", [
+    (100, 5, 95), (100, 1, 99), (100, 7, 98), (100, 100, 0), (100, 99, 99),
+    (100, 150, 0), (1, 1, 0)])
+def test_last_refresh_step(total, every, last):
+  assert optg.last_refresh_step(total, every) == last
+  # The masks the last step (total - 1) trains with come from that refresh:
+  # the last t + 1 < total with (t + 1) % every == 0.
+  refreshes = [t + 1 for t in range(total)
+               if (t + 1) % every == 0 and t + 1 < total]
+  assert last == (refreshes[-1] if refreshes else 0)
+
+
+def test_shortfall_message_names_what_would_reach_the_target():
+  ok = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=4.0)
+  assert optg.schedules.shortfall_message(ok, 10) is None
+  short = optg.sigmoid_sparsity_schedule(0.9, 10, 10, beta=1.0)
+  message = optg.schedules.shortfall_message(short, 10)
+  # Drawn after step 90, in epoch 9: 0.9 * sigmoid(4) = 0.8838.
+  assert "drawn after step 90 of 100" in message
+  assert "sparsity 0.8838" in message and "by 0.0162" in message
+  beta = float(message.split("beta >= ")[1].split(" ")[0])
+  epochs = int(message.split("total_epochs >= ")[1].split(" ")[0])
+  # Each suggested value reaches the target; a little less does not.
+  for fixed in (optg.sigmoid_sparsity_schedule(0.9, 10, 10, beta=beta),
+                optg.sigmoid_sparsity_schedule(0.9, epochs, 10)):
+    assert optg.schedules.shortfall_message(fixed, 10) is None
+  assert optg.schedules.shortfall_message(
+      optg.sigmoid_sparsity_schedule(0.9, epochs - 1, 10), 10) is not None
+  assert optg.schedules.shortfall_message(
+      optg.sigmoid_sparsity_schedule(0.9, 10, 10, beta=beta - 0.02),
+      10) is not None
+  # A period that refreshes last before the last epoch says so.
+  late = optg.schedules.shortfall_message(ok, 35)
+  assert "drawn after step 35 of 60" in late
+  assert "update_every (now 35) that refreshes in the last epoch" in late
+  never = optg.schedules.shortfall_message(ok, 60)
+  assert "only after the run's 60 steps" in never
 
 
 def test_supermask_learning_rate_couples_to_sparsity():

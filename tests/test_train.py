@@ -45,16 +45,18 @@ def test_short_run_writes_summary_and_table(finished_run):
   assert on_disk == summary
   steps_per_epoch = data.steps_per_epoch(config)
   assert steps_per_epoch == 1500 // 64
-  assert summary["steps"] == 2 * steps_per_epoch
+  assert summary["steps"] == 3 * steps_per_epoch
   assert summary["process_count"] == 1 and summary["device_count"] == 4
   assert summary["target_sparsity"] == 0.8
+  assert summary["masks"] == "trained"
   for key in ("eval_accuracy", "eval_loss", "sparsity", "dense_macs",
               "sparse_macs"):
     assert key in summary
-  # The last refresh (t + 1 = 46 of 46 steps) kept exactly
-  # N - round(s * N) weights, s the float32 scheduled sparsity.
-  s = np.float32(optg.sigmoid_sparsity_schedule(0.8, 2, steps_per_epoch,
-                                                8.0)(46))
+  # The masks the last epoch trained with, drawn after step 46 of 69, keep
+  # exactly N - round(s * N) weights, s the float32 scheduled sparsity.
+  s = np.float32(optg.sigmoid_sparsity_schedule(0.8, 3, steps_per_epoch,
+                                                14.0)(46))
+  assert summary["scheduled_sparsity"] == pytest.approx(float(s))
   n = summary["prunable_params"]
   assert summary["kept_params"] == n - round(fractions.Fraction(float(s)) * n)
   assert summary["sparsity"] == pytest.approx(1 - summary["kept_params"] / n)
@@ -79,34 +81,81 @@ def _evaluate(config, workdir, step, masks_of):
 
 
 @pytest.mark.slow
-def test_epoch_evaluation_uses_the_masks_the_epoch_trained_with(tmp_path):
-  # Masks refreshed once an epoch: epoch 0 trains with the initial masks
-  # (all kept); the refresh after its last step draws masks at s(1) = 0.4.
+def test_evaluations_and_the_summary_use_the_masks_trained_with(tmp_path):
+  # Masks refreshed once an epoch (after steps 23 and 46), a checkpoint at
+  # the end of every epoch. The refresh after step 46 draws the masks of
+  # the last epoch, at s(2) = 0.7993; none follows step 69.
   config = tiny_config(update_every_steps=0, checkpoint_every_steps=23)
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir)
-  first, second, final = summary["evaluations"]
-  assert (first["step"], first["masks"]) == (23, "trained")
-  assert (second["step"], second["masks"]) == (46, "trained")
-  assert (final["step"], final["masks"]) == (46, "final")
+  assert [(r["step"], r["masks"]) for r in summary["evaluations"]] == [
+      (23, "trained"), (46, "trained"), (69, "trained")]
+  first, second, last = summary["evaluations"]
   assert first["eval_sparsity"] == 0.0
-  all_kept = lambda state: jax.tree.map(lambda m: np.ones_like(m, bool),
-                                        optg.get_masks(state.opt_state))
-  trained = _evaluate(config, workdir, 23, all_kept)
-  refreshed = _evaluate(config, workdir, 23,
-                        lambda state: optg.get_masks(state.opt_state))
-  assert refreshed["eval_sparsity"] == pytest.approx(0.4, abs=1e-5)
-  assert first["eval_loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
-  assert first["eval_accuracy"] == trained["eval_accuracy"]
-  assert abs(refreshed["eval_loss"] - first["eval_loss"]) > 1e-3
-  # The final evaluation is the shipped model's: the last refresh's masks.
-  assert final["eval_accuracy"] == summary["eval_accuracy"]
-  assert final["eval_sparsity"] == pytest.approx(summary["sparsity"])
-  best = max(summary["evaluations"], key=lambda r: r["eval_accuracy"])
-  assert summary["best_eval_accuracy"] == best["eval_accuracy"]
-  assert summary["best_eval_step"] == best["step"]
+  # After step 46 the state already holds the next epoch's masks; the
+  # evaluation is of those epoch 1 trained with.
+  epoch1 = _evaluate(config, workdir, 46,
+                     lambda state: optg.trained_masks(state.opt_state))
+  epoch2 = _evaluate(config, workdir, 46,
+                     lambda state: optg.get_masks(state.opt_state))
+  assert second["eval_loss"] == pytest.approx(epoch1["eval_loss"], rel=1e-6)
+  assert second["eval_accuracy"] == epoch1["eval_accuracy"]
+  assert second["eval_sparsity"] == pytest.approx(epoch1["eval_sparsity"])
+  assert epoch2["eval_sparsity"] == pytest.approx(0.7993, abs=1e-4)
+  # The summary is the final weights with the masks the last epoch trained
+  # with: those drawn after step 46, read from that checkpoint.
+  manager = train.checkpoint_manager(workdir, config)
+  template = train._Run(config).initial_state()  # pylint: disable=protected-access
+  last_epoch_masks = optg.get_masks(
+      checkpoints.restore(manager, 46, template).opt_state)
+  shipped = _evaluate(config, workdir, 69, lambda _: last_epoch_masks)
+  assert summary["eval_accuracy"] == shipped["eval_accuracy"]
+  assert summary["eval_loss"] == pytest.approx(shipped["eval_loss"],
+                                               rel=1e-6)
+  assert summary["kept_params"] == optg.sparsity_report(
+      last_epoch_masks)["kept"]
+  assert last["eval_accuracy"] == summary["eval_accuracy"]
+  # A refresh after step 69 would have drawn other masks, at s(3): a
+  # model no step trained, which the summary must not report.
+  final_state = checkpoints.restore(manager, 69, template)
+  scores = optg.get_optg_state(final_state.opt_state).scores
+  untrained = optg.topk_masks(scores, float(np.float32(
+      optg.sigmoid_sparsity_schedule(0.8, 3, 23, 14.0)(69))))
+  assert optg.sparsity_report(untrained)["kept"] != summary["kept_params"]
+  # The best evaluation counts only those at the target: epochs 0 and 1
+  # (all but dense) are not.
+  assert [r["scheduled_sparsity"] for r in summary["evaluations"]] == [
+      0.0, pytest.approx(7.3e-4, abs=1e-5), pytest.approx(0.7993, abs=1e-4)]
+  assert summary["best_eval_step"] == 69
+  assert summary["best_eval_accuracy"] == last["eval_accuracy"]
   with open(os.path.join(workdir, "evaluations.json")) as f:
     assert json.load(f) == summary["evaluations"]
+
+
+def test_best_evaluation_counts_only_masks_at_the_target(tmp_path):
+  history = train.EvalHistory(str(tmp_path), 0, target=0.9)
+  figures = lambda acc, sparsity: {"eval_accuracy": acc, "eval_loss": 1.0,
+                                   "eval_top5_accuracy": 1.0,
+                                   "eval_sparsity": sparsity,
+                                   "eval_examples": 10}
+  # An almost dense early epoch scores higher than the pruned network.
+  history.add(10, 1.0, 0.0, figures(0.97, 0.0))
+  history.add(20, 2.0, 0.45, figures(0.95, 0.45))
+  assert history.best() is None
+  assert history.summary()["best_eval_accuracy"] is None
+  history.add(30, 3.0, 0.8995, figures(0.90, 0.8995))
+  history.add(40, 4.0, 0.8999, figures(0.91, 0.8999))
+  history.add(50, 5.0, 0.8999, figures(0.91, 0.8999))
+  summary = history.summary()
+  # Within TARGET_TOLERANCE of 0.9; the earliest of equal accuracies.
+  assert (summary["best_eval_accuracy"], summary["best_eval_step"]) == (
+      0.91, 40)
+  assert [r["step"] for r in summary["evaluations"]] == [10, 20, 30, 40, 50]
+  # A dense run (target 0) counts every evaluation.
+  dense = train.EvalHistory(str(tmp_path / "dense"), 0, target=0.0,
+                            read_only=True)
+  dense.add(10, 1.0, 0.0, figures(0.97, 0.0))
+  assert dense.best()["step"] == 10
 
 
 @pytest.mark.slow
@@ -236,8 +285,10 @@ def test_library_call_and_launch_agree_bitwise(finished_run, reference):
 @pytest.mark.parametrize("method, half_precision", [
     ("dense", False), ("magnitude", False), ("optg", True)])
 def test_baselines_and_half_precision_share_the_step(method, half_precision):
+  # 5 epochs at beta 4.5: the first epoch already prunes 3 weights
+  # (s(0) = 1.04e-5) and the last trains within 9.4e-4 of the target.
   config = tiny_config(method=method, half_precision=half_precision,
-                       update_every_steps=2)
+                       update_every_steps=2, num_epochs=5, beta=4.5)
   run = train._Run(config)  # pylint: disable=protected-access
   p_train, _ = run.pmapped_steps()
   state = train.replicate(run.initial_state())
