@@ -107,8 +107,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  from optg_jax import console  # pylint: disable=g-import-not-at-top
+  console.import_tensorflow(console.quiet())
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top

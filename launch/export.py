@@ -30,11 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 import jax  # pylint: disable=g-import-not-at-top
 
 import optg_jax as optg  # pylint: disable=g-import-not-at-top
 from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+from optg_jax import console  # pylint: disable=g-import-not-at-top
 from optg_jax import errors  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -97,16 +97,14 @@ def _shared_lock(workdir: str):
   return fd
 
 
-def _restored_run(workdir: str):
+def _restored_run(workdir: str, verbose: bool = False):
   """The latest verified checkpoint of the run and its masks (host arrays).
 
   The masks are None for a dense run.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   # TensorFlow (imported by the input pipeline) stays off the accelerators.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  console.import_tensorflow(verbose)
   from optg_jax import data  # pylint: disable=g-import-not-at-top
   from optg_jax import train  # pylint: disable=g-import-not-at-top
 
@@ -129,7 +127,8 @@ def _restored_run(workdir: str):
   return state, masks
 
 
-def export_run(workdir: str, output: str, structure: str = "auto") -> dict:
+def export_run(workdir: str, output: str, structure: str = "auto",
+               verbose: bool = False) -> dict:
   """Writes the sparse model of the run in `workdir` to `output`.
 
   Args:
@@ -137,6 +136,7 @@ def export_run(workdir: str, output: str, structure: str = "auto") -> dict:
     output: the file to write.
     structure: "auto", "none" or an "N:M" pattern (see
       `optg_jax.export_sparse`).
+    verbose: let TensorFlow's native lines through.
 
   Returns:
     `{"step", "file_bytes", "dense_bytes", "ratio", "entries"}`.
@@ -154,7 +154,7 @@ def export_run(workdir: str, output: str, structure: str = "auto") -> dict:
       raise ExportError(f"--structure: {e}") from None
   fd = _shared_lock(workdir)
   try:
-    state, masks = _restored_run(workdir)
+    state, masks = _restored_run(workdir, verbose)
   finally:
     if fd is not None:
       os.close(fd)
@@ -180,11 +180,12 @@ def export_run(workdir: str, output: str, structure: str = "auto") -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if logging.get_verbosity() < 1:
-    # The libraries' INFO lines (orbax's restore); --verbosity=1 shows them.
-    logging.set_verbosity(logging.WARNING)
+  # The libraries' INFO lines (orbax's restore), their warnings and
+  # TensorFlow's native lines: with --verbosity=1.
+  verbose = console.quiet()
   try:
-    figures = export_run(FLAGS.workdir, FLAGS.output, FLAGS.structure)
+    figures = export_run(FLAGS.workdir, FLAGS.output, FLAGS.structure,
+                         verbose)
   except ExportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.code)

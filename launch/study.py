@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from optg_jax import console  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base training config.",
@@ -56,9 +57,9 @@ def _numbers(values, kind, name):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # One progress line per run.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  # A line per run, and a run's progress at most every 30 s.
+  verbose = console.quiet(progress_only=30.0)
+  console.import_tensorflow(verbose)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from optg_jax import data  # pylint: disable=g-import-not-at-top

@@ -16,14 +16,9 @@ metric writer, JAX, TensorFlow) in absl's format, `--verbosity=2` their
 DEBUG logs too.
 """
 
-import contextlib
-import importlib.util
 import logging as std_logging
 import os
-import re
 import sys
-import tempfile
-import time
 
 # The repository root, so that configs can import `configs.default`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +27,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from optg_jax import console  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -47,92 +44,14 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
                   "detects by itself).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# The INFO lines of these directories (optg_jax, launch) reach the console by
-# default; those of the libraries only with --verbosity=1.
-_OWN_DIRS = tuple(os.path.realpath(d) + os.sep for d in (
-    os.path.dirname(importlib.util.find_spec("optg_jax").origin),
-    os.path.dirname(os.path.abspath(__file__))))
-# What TensorFlow's native code prints on import whatever the log level.
-_NATIVE_CHATTER = re.compile(
-    r"I\d{4} [\d:.]+ +\d+ \S+:\d+\] |"
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called")
-
-
-class _QuietConsole(std_logging.Filter):
-  """Passes warnings and errors, and INFO from this repository's code."""
-
-  def __init__(self):
-    super().__init__()
-    self._own = {}
-
-  def filter(self, record):
-    if record.levelno >= std_logging.WARNING:
-      return True
-    own = self._own.get(record.pathname)
-    if own is None:
-      own = self._own[record.pathname] = os.path.realpath(
-          record.pathname).startswith(_OWN_DIRS)
-    return own
-
-
-class _ConsoleFormatter(std_logging.Formatter):
-  """`HH:MM:SS message`; warnings and errors name their level (and source
-  when it is a library's)."""
-
-  def format(self, record):
-    stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-    text = super().format(record)
-    if record.levelno < std_logging.WARNING:
-      return f"{stamp} {text}"
-    source = ""
-    if not os.path.realpath(record.pathname).startswith(_OWN_DIRS):
-      source = f" [{record.filename}:{record.lineno}]"
-    return f"{stamp} {record.levelname}{source}: {text}"
-
-
-def _quiet_console():
-  """Library INFO off the console, short prefixes (see the module doc)."""
-  handler = logging.get_absl_handler()
-  handler.addFilter(_QuietConsole())
-  handler.setFormatter(_ConsoleFormatter())
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
-@contextlib.contextmanager
-def _native_chatter_dropped():
-  """Drops the INFO lines native code writes to stderr meanwhile; passes the
-  rest (warnings, errors) on."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode(errors="replace").splitlines(True):
-        if not _NATIVE_CHATTER.match(line):
-          sys.stderr.write(line)
-      sys.stderr.flush()
-
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
 
-  verbose = logging.get_verbosity() >= 1
-  if not verbose:
-    _quiet_console()
-  elif logging.get_verbosity() == 1:
-    # absl's DEBUG: thousands of lines a run (orbax, JAX's compilation cache).
-    std_logging.root.setLevel(std_logging.INFO)
+  verbose = console.quiet()
   # TensorFlow only feeds the input pipeline: keep it off the accelerators.
-  with (contextlib.nullcontext() if verbose else _native_chatter_dropped()):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  console.import_tensorflow(verbose)
 
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.distributed:

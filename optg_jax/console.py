@@ -4,21 +4,175 @@ One line per logging step (`Progress`: step, epoch, train metrics,
 throughput, time left), the evaluations, the checkpoint saves and a short
 summary at the end (`log_summary`). Metrics go to TensorBoard, all figures
 to the workdir's JSON files; the console only tells the story.
+
+The command-line tools share one console rule (`quiet`): by default the
+INFO lines of this repository's code, and the warnings and errors of all,
+reach the console; the libraries' INFO lines (orbax, clu, JAX, TensorFlow),
+their Python warnings and what TensorFlow's native code prints on import
+only with `--verbosity=1` (their DEBUG lines with 2).
 """
 
 import contextlib
+import importlib.util
+import logging as std_logging
+import os
+import re
+import sys
+import tempfile
 import time
 from typing import Any, Dict, Optional
+import warnings
 
 from absl import logging
 import jax
 
+# The INFO lines of these directories (optg_jax, launch, benchmarks) reach
+# the console by default; those of the libraries only with --verbosity=1.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_DIRS = tuple(os.path.realpath(d) + os.sep for d in (
+    os.path.dirname(importlib.util.find_spec("optg_jax").origin),
+    os.path.join(_ROOT, "launch"), os.path.join(_ROOT, "benchmarks")))
+# What TensorFlow's native code prints on import whatever the log level.
+_NATIVE_CHATTER = re.compile(
+    r"I\d{4} [\d:.]+ +\d+ \S+:\d+\] |"
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called")
+# Set on the records of `Progress` (`extra`), which a study's console keeps.
+PROGRESS = "optg_progress"
+
 
 @logging.skip_log_prefix
-def info(message: str, *args):
-  """An INFO line of process 0 (its log prefix names the caller)."""
+def info(message: str, *args, progress=False):
+  """An INFO line of process 0 (its log prefix names the caller).
+
+  `progress`: True for a run's progress lines, "start" for the first one
+  (what a study's console keeps).
+  """
   if jax.process_index() == 0:
-    logging.info(message, *args)
+    logging.info(message, *args, extra={PROGRESS: progress})
+
+
+def _own(record) -> bool:
+  return os.path.realpath(record.pathname).startswith(_OWN_DIRS)
+
+
+class _QuietConsole(std_logging.Filter):
+  """Passes warnings and errors, and INFO from this repository's code."""
+
+  def __init__(self):
+    super().__init__()
+    self._own = {}
+
+  def filter(self, record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    own = self._own.get(record.pathname)
+    if own is None:
+      own = self._own[record.pathname] = _own(record)
+    return own
+
+
+class _ProgressOnly(std_logging.Filter):
+  """Passes warnings and errors, a run's first progress line, and its
+  next ones at most every `interval` seconds (the first of them always)."""
+
+  def __init__(self, interval: float):
+    super().__init__()
+    self.interval = interval
+    self._last = None
+
+  def filter(self, record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    kind = getattr(record, PROGRESS, False)
+    if not kind:
+      return False
+    if kind == "start":
+      self._last = None
+      return True
+    now = time.time()
+    if self._last is not None and now - self._last < self.interval:
+      return False
+    self._last = now
+    return True
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+  """`HH:MM:SS message`; warnings and errors name their level (and source
+  when it is a library's)."""
+
+  def format(self, record):
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+    text = super().format(record)
+    if record.levelno < std_logging.WARNING:
+      return f"{stamp} {text}"
+    source = "" if _own(record) else f" [{record.filename}:{record.lineno}]"
+    return f"{stamp} {record.levelname}{source}: {text}"
+
+
+def quiet(progress_only: Optional[float] = None) -> bool:
+  """Applies the console rule of the command-line tools (module doc).
+
+  Call it in `main`, after absl parsed the flags and before TensorFlow or
+  JAX are imported.
+
+  Args:
+    progress_only: None (a training run's console), or a number of seconds:
+      of the INFO lines, only the progress of a run, at most that often
+      (a study's console, which prints its own line per run).
+
+  Returns:
+    Whether the console is verbose (`--verbosity` >= 1): the caller then
+    leaves everything on.
+  """
+  verbosity = logging.get_verbosity()
+  if verbosity >= 1:
+    if verbosity == 1:
+      # absl's DEBUG: thousands of lines a run (orbax, JAX's compile cache).
+      std_logging.root.setLevel(std_logging.INFO)
+    return True
+  handler = logging.get_absl_handler()
+  handler.addFilter(_QuietConsole() if progress_only is None
+                    else _ProgressOnly(progress_only))
+  handler.setFormatter(_ConsoleFormatter())
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  # The libraries' Python warnings (deprecations, orbax's and JAX's notes):
+  # with --verbosity=1. This repository's warnings stay on.
+  warnings.filterwarnings("ignore")
+  warnings.filterwarnings("default", module=r"optg_jax(\.|$)")
+  return False
+
+
+@contextlib.contextmanager
+def native_chatter_dropped(verbose: bool = False):
+  """Drops the INFO lines native code writes to stderr meanwhile; passes the
+  rest (warnings, errors) on. Nothing is dropped when `verbose`."""
+  if verbose:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(True):
+        if not _NATIVE_CHATTER.match(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+
+
+def import_tensorflow(verbose: bool = False):
+  """Imports TensorFlow quietly and hides the accelerators from it (it only
+  feeds the input pipeline; JAX has them). Returns the module."""
+  with native_chatter_dropped(verbose):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  return tf
 
 
 def duration(seconds: float) -> str:
@@ -79,7 +233,7 @@ class Progress:
     self._start = (self._start_step + 1, now)
     self._last = (self._start_step + 1, now, 0.0)
     info("Compiled and ran the first step in %s",
-         duration(now - self._created))
+         duration(now - self._created), progress="start")
 
   @contextlib.contextmanager
   def paused(self, state):
@@ -116,7 +270,7 @@ class Progress:
       per_step = (now - self._start[1]) / (step - self._start[0])
       line += f" | ETA {duration(per_step * (self.total - step))}"
     self._last = (step, now, self._paused)
-    info("%s", line)
+    info("%s", line, progress=True)
 
 
 def log_summary(summary: Dict[str, Any], workdir: str,

@@ -30,8 +30,10 @@ PyTree = Any
 
 class KeepSparseState(NamedTuple):
   """State of `keep_sparse`."""
-  # The dense weights `W` of the prunable leaves (`None` elsewhere): the
-  # params hold `W * M`; the pruned entries' values live here.
+  # The dense weights `W` of the prunable leaves after the last update
+  # (`None` elsewhere). The params hold `W * M`: where a weight is kept the
+  # params are its value (bit for bit op by op; a jitted step may round the
+  # two additions differently), where it is pruned its value is here.
   dense: PyTree
   inner: PyTree  # The wrapped chain's state (it holds the `OptGState`).
 
@@ -154,6 +156,12 @@ def trained_params(params: PyTree, opt_state: PyTree) -> PyTree:
     raise ValueError(f"found {len(wrappers)} keep_sparse states in the "
                      "optimizer state; expected at most one")
   if wrappers:
-    dense = transform.unwrap_nnx(wrappers[0].dense)
-    params = transform.replace_values(params, dense)
+    # The weights kept now are the params; those the latest refresh pruned
+    # hold zero there, and their values are in the wrapper's state.
+    in_force = transform.get_masks(opt_state)
+    values = jax.tree.map(
+        lambda m, p, d: None if m is None else jnp.where(m, p, d),
+        in_force, transform.unwrap_nnx(params),
+        transform.unwrap_nnx(wrappers[0].dense), is_leaf=_is_none)
+    params = transform.replace_values(params, values)
   return transform.apply_masks(params, masks)

@@ -164,8 +164,8 @@ def shortfall_message(schedule: SigmoidSparsity, update_every: int,
   last = last_refresh_step(run_steps, update_every)
   if last == 0:
     return (f"{names['update_every']}={update_every} refreshes the masks "
-            f"only after the run's {run_steps} steps (total_epochs="
-            f"{epochs} x {per_epoch} steps per epoch): no step would train "
+            f"only after the run's {run_steps} steps ({names['total_epochs']}"
+            f"={epochs} x {per_epoch} steps per epoch): no step would train "
             "with pruned masks; refresh at least once before the end")
   with jax.ensure_compile_time_eval():  # Also while a step is traced.
     reached = float(schedule(last))

@@ -176,8 +176,12 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
   """Runs (or reads back) every run of the study, in order.
 
   A run whose summary covers all its steps is read back; any other is
-  started or resumed by `train_fn(config, run_dir)`. A run that fails (the
-  exception's message is recorded) does not stop the study.
+  started or resumed by `train_fn(config, run_dir)` (a line says so when it
+  starts). A run that fails (the exception's message is recorded) does not
+  stop the study. A summary written by an earlier release, whose figures
+  were those of a refresh after the last step, is not read back: the run's
+  checkpoints are then refused (`OldCheckpoint`) and the run reported as
+  failed, naming its directory.
 
   Args:
     base_config: the study's config, before each run's fields.
@@ -199,10 +203,16 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
     directory = run_dir(workdir, run)
     config = run_config(base_config, run)
     summary = read_summary(directory)
-    done = (summary is not None and
+    # A summary of an earlier release (the masks of a refresh after the
+    # last step, no "masks" field) is never read back as this one's.
+    done = (summary is not None and summary.get("masks") == "trained" and
             summary.get("steps") == total_steps(run))
     status = "read back"
     if not done:
+      progress(f"[{i + 1}/{len(runs)}] {run.method} sparsity "
+               f"{run.sparsity:g} seed {run.seed}: "
+               f"{'resumed' if summary or os.path.isdir(directory) else 'started'}"
+               f" ({total_steps(run):,} steps)")
       start = time.time()
       try:
         summary = train_fn(config, directory)
@@ -318,8 +328,10 @@ def markdown(rows: Sequence[Dict[str, Any]], title: str,
 
 def _density_axis(ax, sparsities):
   ax.set_xscale("log")
-  ax.invert_xaxis()
-  ax.set_xticks([1 - s for s in sparsities])
+  densities = [1 - s for s in sparsities]
+  # Dense on the left, sparsest on the right; a margin around one point.
+  ax.set_xlim(min(1.0, 1.5 * max(densities)), min(densities) / 1.5)
+  ax.set_xticks(densities)
   ax.set_xticklabels([f"{s:g}" for s in sparsities])
   ax.minorticks_off()
   ax.set_xlabel("sparsity (log scale of the kept fraction)")
@@ -386,6 +398,9 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
             [stats[k]["accuracy_mean"] for k in keys],
             marker="s" if method == "dense" else "o", ls="-", label=method)
   ax.set_xscale("log")
+  macs = [st["sparse_macs"] for st in stats.values()]
+  if macs:  # A margin, also around a single point.
+    ax.set_xlim(min(macs) / 1.5, max(macs) * 1.5)
   ax.set_xlabel("sparse MACs per example (log scale)")
   ax.set_ylabel("eval accuracy (mean over seeds)")
   ax.set_title(title)

@@ -1056,6 +1056,7 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
 
   train_metrics = []
   last_saved = start_step
+  last_evaluation = None  # (step, metrics) of this process's latest one.
   progress = console.Progress(run.total_steps, run.steps_per_epoch,
                              config.batch_size, start_step)
   for step in range(start_step, run.total_steps):
@@ -1077,7 +1078,8 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
       # Before a SIGTERM stops the run: the masks it needs are in no
       # checkpoint.
       with progress.paused(state):
-        _epoch_evaluation(run, state, p_eval, writer, history, done)
+        last_evaluation = (done, _epoch_evaluation(run, state, p_eval,
+                                                   writer, history, done))
     if sigterm.agreed(at_log):
       _check_finite_and_log(writer, train_metrics, done, state, config,
                             write=False)
@@ -1096,12 +1098,10 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   if last_saved != final_step:
     place.check_present(final_step)
     save_checkpoint(manager, state)
-  # The model the run ships: the masks its last step trained with. An
-  # evaluation after the last epoch has just evaluated it.
-  record = history.at(final_step)
-  if record is not None:
-    eval_metrics = {**{k: record[k] for k in EVAL_FIGURES if k in record},
-                    "eval_examples": record["eval_examples"]}
+  # The model the run ships: the masks its last step trained with. The
+  # evaluation after the last epoch, if this process just made it, is it.
+  if last_evaluation is not None and last_evaluation[0] == final_step:
+    eval_metrics = last_evaluation[1]
   else:
     eval_metrics = evaluate(p_eval, state, run.trained_masks(state), config,
                             run.local_device_count,
@@ -1119,9 +1119,10 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   state_host = jax.device_get(jax_utils.unreplicate(state))
   summary, table = _summary(run, state_host, eval_metrics,
                             time.time() - start_time)
-  if record is None:
+  if history.at(final_step) is None or not run.eval_due(final_step):
     history.add(final_step, final_step / run.steps_per_epoch,
-                run.scheduled_sparsity(final_step), eval_metrics, final=True)
+                run.scheduled_sparsity(final_step), eval_metrics,
+                final=not run.eval_due(final_step))
   summary.update(history.summary())
   summary["replicas_identical"] = len(set(fingerprints)) == 1
   summary["replica_fingerprints"] = fingerprints
@@ -1149,6 +1150,7 @@ def _epoch_evaluation(run, state, p_eval, writer, history, done):
   console.info("Evaluation at step %d (epoch %.1f, the masks it trained "
                "with): %s | %s", done, done / run.steps_per_epoch,
                console.eval_figures(metrics), console.best_figure(best))
+  return metrics
 
 
 def _periodic_work(run, place, state, writer, manager, done, last_saved,

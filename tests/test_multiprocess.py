@@ -60,9 +60,9 @@ def test_two_processes_match_one_process_on_four_devices(reference,
     assert code == 0, err[-3000:]
   summary = runs.read_summary(multi)
   # Process 0 prints the progress; process 1 only warnings and errors.
-  progress = re.compile(r"\d\d:\d\d:\d\d step \d+/46 .* ETA ")
+  progress = re.compile(r"\d\d:\d\d:\d\d step \d+/69 .* ETA ")
   assert len([l for l in results[0][1].splitlines()
-              if progress.match(l)]) == 10, results[0][1][-3000:]
+              if progress.match(l)]) == 14, results[0][1][-3000:]
   info = re.compile(r"\d\d:\d\d:\d\d (?!WARNING|ERROR|CRITICAL)|I\d{4} ")
   assert not [l for l in results[1][1].splitlines() if info.match(l)], (
       results[1][1][-3000:])
@@ -78,7 +78,7 @@ def test_two_processes_match_one_process_on_four_devices(reference,
                 ) == ["checkpoints", "config.json", "evaluations.json",
                       "run.lock", "sparsity.txt", "summary.json"]
   assert [(r["step"], r["masks"]) for r in summary["evaluations"]] == [
-      (23, "trained"), (46, "trained"), (46, "final")]
+      (23, "trained"), (46, "trained"), (69, "trained")]
 
   # The same run as one process on 4 devices, up to the order of the
   # cross-process sums.

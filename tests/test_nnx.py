@@ -1,6 +1,5 @@
 """Tests of the transform, masks and reports on Flax NNX state."""
 
-import pathlib
 import re
 
 from flax import linen as nn
@@ -223,30 +222,3 @@ def test_update_on_variable_state_keeps_wrappers():
   for name, value in by_name(pure_state.masks).items():
     np.testing.assert_array_equal(by_name(state.masks)[name], value)
   assert optg.sparsity_report(state.masks)["kept"] == 436
-
-
-def readme_nnx_example():
-  readme = pathlib.Path(__file__).parent.parent / "README.md"
-  section = readme.read_text().split("\n## Flax NNX\n")[1].split("\n## ")[0]
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-  assert len(blocks) == 1
-  return blocks[0]
-
-
-def test_readme_nnx_example_runs_and_prunes():
-  namespace = {}
-  code = compile(readme_nnx_example(), "README.md", "exec")
-  exec(code, namespace)  # pylint: disable=exec-used
-  model, masks = namespace["model"], namespace["masks"]
-  report = optg.sparsity_report(masks)
-  assert set(report["layers"]) == KERNELS
-  steps = namespace["epochs"] * namespace["steps_per_epoch"]
-  final = float(namespace["sparsity"](steps))
-  assert report["kept"] == 5072 - round(final * 5072)
-  assert abs(report["sparsity"] - 0.9) < 1e-3
-  assert np.isfinite(float(namespace["loss"]))
-  weights = by_name(nnx.state(model, nnx.Param))
-  for name, mask in by_name(masks).items():
-    assert not weights[name][~mask].any()  # The sparse model.
-    assert weights[name][mask].all()
-  assert model.bn1.use_running_average

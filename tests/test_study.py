@@ -5,6 +5,7 @@ guard's findings."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,9 +71,9 @@ def _study_command(workdir, data_dir, doc=None):
       sys.executable, "launch/study.py", "--config=configs/fashion_mnist.py",
       "--methods=optg+every2,dense", "--sparsities=0.9", "--seeds=0",
       f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-      "--config.model=lenet_300_100", "--config.num_epochs=2",
+      "--config.model=lenet_300_100", "--config.num_epochs=3",
       "--config.warmup_epochs=0", "--config.batch_size=40",
-      "--config.eval_batch_size=20", "--config.beta=8",
+      "--config.eval_batch_size=20", "--config.beta=14",
       "--config.log_every_steps=3", "--config.checkpoint_every_steps=4"]
   if doc:
     command += [f"--doc={doc}", "--section=tiny"]
@@ -90,11 +91,20 @@ def test_two_run_study_end_to_end(tmp_path):
   doc.write_text("# Results\n\nprose stays\n")
   result = _study_command(workdir, data_dir, doc)
   assert result.returncode == 0, result.stderr[-3000:]
-  progress = [l for l in result.stdout.splitlines() if l.startswith("[")]
-  assert len(progress) == 2
+  lines = [l for l in result.stdout.splitlines() if l.startswith("[")]
+  # A line when each run starts, one when it ends.
+  assert lines[0] == "[1/2] optg+every2 sparsity 0.9 seed 0: started (21 steps)"
+  assert lines[2] == "[2/2] dense sparsity 0 seed 0: started (21 steps)"
+  progress = [lines[1], lines[3]]
   assert progress[0].startswith("[1/2] optg+every2 sparsity 0.9 seed 0: "
                                 "eval accuracy ")
   assert "study ETA" in progress[0] and "(trained)" in progress[1]
+  # While a run trains: its first step, then its progress, in the console.
+  console = result.stderr.splitlines()
+  assert sum("Compiled and ran the first step" in l for l in console) == 2
+  assert any(re.match(r"\d\d:\d\d:\d\d step \d+/21 ", l) for l in console)
+  assert not any("Evaluation at step" in l or "Saved the checkpoint" in l
+                 for l in console), result.stderr[-3000:]
 
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -120,6 +130,7 @@ def test_two_run_study_end_to_end(tmp_path):
   again = _study_command(workdir, data_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("(read back)") == 2
+  assert "started" not in again.stdout
   with open(workdir / "results.csv") as f:
     assert [r["eval_accuracy"] for r in csv.DictReader(f)] == [
         r["eval_accuracy"] for r in rows]
@@ -165,8 +176,8 @@ def test_collapse_is_reported_in_summary_table_and_log(tmp_path, caplog):
   config = fashion_mnist.get_config()
   config.update(dict(
       data_dir=data_dir, model="lenet_300_100", method="magnitude",
-      sparsity=0.998, num_epochs=2, warmup_epochs=0, batch_size=40,
-      eval_batch_size=20, beta=8.0, log_every_steps=2,
+      sparsity=0.998, num_epochs=3, warmup_epochs=0, batch_size=40,
+      eval_batch_size=20, beta=14.0, log_every_steps=2,
       update_every_steps=2))
   workdir = tmp_path / "run"
   with caplog.at_level("WARNING"):

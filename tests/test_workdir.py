@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def copy_of(reference, tmp_path, name="run", keep_summary=False):
-  """A copy of the reference run's workdir (its checkpoints 30, 40, 46)."""
+  """A copy of the reference run's workdir (its checkpoints 50, 60, 69)."""
   ref_workdir, _ = reference
   workdir = tmp_path / name
   shutil.copytree(ref_workdir, workdir)
@@ -85,7 +85,8 @@ def rewrite(workdir, step, change, digest_of_new=False):
   run = train._Run(config)  # pylint: disable=protected-access
   manager = checkpoints.checkpoint_manager(str(workdir), config)
   state = checkpoints.restore(manager, step, run.initial_state())
-  record = {"sha256": checkpoints.state_digest(state), "step": step}
+  record = {"sha256": checkpoints.state_digest(state), "step": step,
+            "format": checkpoints.FORMAT}
   state = change(jax.device_get(state))
   if digest_of_new:
     record["sha256"] = checkpoints.state_digest(state)
@@ -124,39 +125,39 @@ def test_flipped_bits_in_the_newest_checkpoint_are_detected_and_the_run_ends_as_
   the uninterrupted run's."""
   _, expected = reference
   workdir = copy_of(reference, tmp_path)
-  flip_bits(workdir / "checkpoints" / "46", seed=1)
+  flip_bits(workdir / "checkpoints" / "69", seed=1)
   with caplog.at_level("WARNING"):
     summary = train.train_and_evaluate(runs.tiny_config(), str(workdir))
   warnings = [r.getMessage() for r in caplog.records
               if "cannot be used" in r.getMessage()]
-  assert len(warnings) == 1 and "checkpoint of step 46" in warnings[0]
+  assert len(warnings) == 1 and "checkpoint of step 69" in warnings[0]
   assert "<bound method" not in warnings[0]
-  assert runs.checkpoint_steps(workdir) == [30, 40, 46]  # 46 saved again.
+  assert runs.checkpoint_steps(workdir) == [50, 60, 69]  # 69 saved again.
   assert [n.split("-")[0] for n in os.listdir(
-      workdir / "corrupted_checkpoints")] == ["46"]
+      workdir / "corrupted_checkpoints")] == ["69"]
   assert_same_figures(summary, expected)
 
 
 def test_altered_data_that_still_decodes_fails_its_digest(reference,
                                                           tmp_path, caplog):
   workdir = copy_of(reference, tmp_path)
-  rewrite(workdir, 46, bump_first_momentum)
+  rewrite(workdir, 69, bump_first_momentum)
   with caplog.at_level("WARNING"):
     state = runs_load(workdir)
-  assert int(state.step) == 40
-  assert any("step 46" in r.getMessage() and "does not match its SHA-256"
+  assert int(state.step) == 60
+  assert any("step 69" in r.getMessage() and "does not match its SHA-256"
              in r.getMessage() for r in caplog.records)
 
 
 def test_non_finite_momentum_is_refused_even_with_a_matching_digest(
     reference, tmp_path, caplog):
   workdir = copy_of(reference, tmp_path)
-  rewrite(workdir, 46, lambda s: bump_first_momentum(s, np.nan),
+  rewrite(workdir, 69, lambda s: bump_first_momentum(s, np.nan),
           digest_of_new=True)
   with caplog.at_level("WARNING"):
     state = runs_load(workdir)
-  assert int(state.step) == 40
-  assert any("step 46" in r.getMessage() and "non-finite values in "
+  assert int(state.step) == 60
+  assert any("step 69" in r.getMessage() and "non-finite values in "
              ".opt_state[0].momentum['conv_init']['kernel']" in r.getMessage()
              for r in caplog.records)
 
@@ -292,7 +293,7 @@ def test_config_changes_ignore_bookkeeping_fields():
       seed=1, batch_size=32, beta=2.0,
       model_kwargs={"kernel_init": "torch_default"}))
   assert checkpoints.config_changes(old, new) == [
-      ("batch_size", 64, 32), ("beta", 8.0, 2.0),
+      ("batch_size", 64, 32), ("beta", 14.0, 2.0),
       ("model_kwargs", {}, {"kernel_init": "torch_default"}), ("seed", 0, 1)]
 
 
@@ -311,8 +312,9 @@ def test_config_record_without_checkpoints_is_not_compared(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.update_every_steps=100000",
-     "update_every_steps=100000 is longer than the run (690 steps"),
+    ("--config.update_every_steps=690",
+     "update_every_steps=690 refreshes the masks only after the run's 690 "
+     "steps (num_epochs=30 x 23 steps per epoch)"),
     ("--config.sparsity=0.9999999",
      "sparsity 0.9999999 keeps no weight of resnet20_cifar's 270,608"),
 ])
@@ -329,17 +331,22 @@ def test_quickstart_that_cannot_reach_its_target_exits_2(tmp_path, override,
 
 
 @pytest.mark.parametrize("overrides, message", [
-    # 1 epoch, beta 1: the last refresh is at 0.9 * sigmoid(0.5) = 0.5602.
+    # 1 epoch, beta 1: the masks of the last step are drawn after step 22,
+    # in epoch 0, at 0.9 * sigmoid(-0.5) = 0.3398.
     (dict(num_epochs=1, warmup_epochs=0, update_every_steps=1, beta=1.0,
           sparsity=0.9),
-     r"the last mask refresh \(step 23 of 23\) prunes to sparsity 0.5602, "
-     r"short of the target 0.9 by 0.3398 \(more than 0.001\); set beta >= "
-     r"13.61 \(now 1\) or num_epochs >= 14 \(now 1\)"),
-    # A refresh every 5 of 46 steps: the last at step 45, inside epoch 1.
-    (dict(update_every_steps=5),
-     r"the last mask refresh \(step 45 of 46\) prunes to sparsity 0.4000, "
-     r".*; set an update_every_steps \(now 5\) that divides the run's 46 "
-     r"steps or more num_epochs \(now 2\)"),
+     r"the masks the last step trains with \(drawn after step 22 of 23\) "
+     r"are at sparsity 0.3398, short of the target 0.9 by 0.5602 \(more "
+     r"than 0.001\); set num_epochs >= 16 \(now 1\)"),
+    # A refresh every 40 of 69 steps: the last after step 40, in epoch 1.
+    (dict(update_every_steps=40),
+     r"\(drawn after step 40 of 69\) are at sparsity 0.0007, .*; set an "
+     r"update_every_steps \(now 40\) that refreshes in the last epoch \(at "
+     r"most 23, the steps of an epoch\) or more num_epochs \(now 3\)"),
+    # 6 epochs at beta 1: the last epoch trains at 0.8 * sigmoid(2).
+    (dict(num_epochs=6, beta=1.0),
+     r"are at sparsity 0.7046, .*; set beta >= 3.35 \(now 1\) or num_epochs "
+     r">= 16 \(now 6\)"),
 ])
 def test_target_shortfall_is_refused_naming_the_fields(tmp_path, overrides,
                                                        message):
@@ -476,7 +483,7 @@ def test_sigterm_during_the_final_evaluation_stops_like_elsewhere(
   workdir = copy_of(reference, tmp_path)  # Finished: only the final eval.
   batches = sigterm_at_first_eval_batch(monkeypatch)
   with pytest.raises(train.Preempted, match=(
-      "preempted: saved a checkpoint at step 46; run the same command")):
+      "preempted: saved a checkpoint at step 69; run the same command")):
     train.train_and_evaluate(runs.tiny_config(), str(workdir))
   assert batches == [1]  # Stopped after the first of 3 batches.
   assert not (workdir / "summary.json").exists()
@@ -509,7 +516,7 @@ def test_sigterm_during_eval_only_stops_and_writes_nothing(
   before = snapshot(workdir)
   batches = sigterm_at_first_eval_batch(monkeypatch)
   with pytest.raises(train.Preempted, match=(
-      "preempted: stopped evaluating the checkpoint of step 46, nothing "
+      "preempted: stopped evaluating the checkpoint of step 69, nothing "
       "written; run the same command again")):
     train.train_and_evaluate(runs.tiny_config(eval_only=True), str(workdir))
   assert batches == [1]
@@ -517,3 +524,55 @@ def test_sigterm_during_eval_only_stops_and_writes_nothing(
   assert {k for k in before if before[k] != after.get(k)} <= {
       checkpoints.LOCK_FILE}
   assert set(after) == set(before)
+
+
+# ---------------------------------------------------------------------------
+# Workdirs of earlier releases.
+
+
+def test_checkpoints_of_an_earlier_release_are_refused(tmp_path):
+  """A checkpoint of format 1 (an `OptGState` without `trained_masks`, a
+  digest without `format`): its run reported the masks of a refresh after
+  the last step. Training, `eval_only` and export refuse it in one line,
+  exit 2, and move nothing."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import optg_jax as optg  # pylint: disable=g-import-not-at-top
+  config = runs.tiny_config()
+  workdir = tmp_path / "old"
+  state = train._Run(config).initial_state()  # pylint: disable=protected-access
+  old_state_type = collections.namedtuple(
+      "OptGState", ["count", "scores", "momentum", "masks"])
+  is_state = lambda x: isinstance(x, optg.OptGState)
+  old = state.replace(step=np.int32(10), opt_state=jax.tree.map(
+      lambda x: old_state_type(*x[:4]) if is_state(x) else x,
+      state.opt_state, is_leaf=is_state))
+  workdir.mkdir()
+  checkpoints.write_config_record(str(workdir), config)
+  manager = train.checkpoint_manager(str(workdir), config)
+  manager.save(10, args=ocp.args.Composite(**{
+      checkpoints.STATE_ITEM: ocp.args.StandardSave(old),
+      checkpoints.DIGEST_ITEM: ocp.args.JsonSave(
+          {"sha256": checkpoints.state_digest(old), "step": 10})}))
+  manager.wait_until_finished()
+  before = snapshot(workdir)
+  message = (f"the checkpoints in {workdir / 'checkpoints'} were written by "
+             "an earlier release of optg_jax (checkpoint format 1, this "
+             "release reads 2)")
+  for overrides in ({}, {"eval_only": True}):
+    with pytest.raises(errors.OldCheckpoint) as raised:
+      train.train_and_evaluate(runs.tiny_config(**overrides), str(workdir))
+    assert str(raised.value).startswith(message)
+    assert errors.exit_code(raised.value) == errors.EXIT_BAD_INPUT
+  result = subprocess.run(
+      [sys.executable, os.path.join(runs.ROOT, "launch", "export.py"),
+       f"--workdir={workdir}", f"--output={tmp_path / 'model.npz'}"],
+      capture_output=True, text=True, timeout=600, env=runs.device_env(1))
+  assert result.returncode == errors.EXIT_BAD_INPUT, result.stderr[-2000:]
+  lines = error_lines(result)
+  assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), (
+      result.stderr[-2000:])
+  assert not (tmp_path / "model.npz").exists()
+  contents = lambda files: {k: (size, sha) for k, (size, _, sha) in
+                            files.items() if k != checkpoints.LOCK_FILE}
+  assert contents(snapshot(workdir)) == contents(before)
+  assert not (workdir / checkpoints.SET_ASIDE_DIR).exists()
