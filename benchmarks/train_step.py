@@ -39,9 +39,10 @@ def build(method, args):
   config.fake_num_classes = 1000
   config.fake_num_train = args.batch_size * 1000
   config.half_precision = args.half_precision
-  # The one refresh is at the run's last step (10 epochs of 1,000 steps),
-  # which the timed steps never reach.
-  config.update_every_steps = config.num_epochs * 1000
+  # The one refresh, after step 9,999 of the run's 10,000 (10 epochs of
+  # 1,000 steps), draws the last step's masks; the timed steps never reach
+  # it.
+  config.update_every_steps = config.num_epochs * 1000 - 1
   run = train._Run(config)  # pylint: disable=protected-access
   state = train.replicate(run.initial_state())
   p_train, _ = run.pmapped_steps()

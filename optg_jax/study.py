@@ -327,10 +327,11 @@ def markdown(rows: Sequence[Dict[str, Any]], title: str,
 
 
 def _density_axis(ax, sparsities):
-  ax.set_xscale("log")
   densities = [1 - s for s in sparsities]
   # Dense on the left, sparsest on the right; a margin around one point.
+  # The limits first: a log scale autoscaled to one point would warn.
   ax.set_xlim(min(1.0, 1.5 * max(densities)), min(densities) / 1.5)
+  ax.set_xscale("log")
   ax.set_xticks(densities)
   ax.set_xticklabels([f"{s:g}" for s in sparsities])
   ax.minorticks_off()
@@ -397,10 +398,10 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
     ax.plot([stats[k]["sparse_macs"] for k in keys],
             [stats[k]["accuracy_mean"] for k in keys],
             marker="s" if method == "dense" else "o", ls="-", label=method)
-  ax.set_xscale("log")
   macs = [st["sparse_macs"] for st in stats.values()]
-  if macs:  # A margin, also around a single point.
+  if macs:  # A margin, also around a single point (before the log scale).
     ax.set_xlim(min(macs) / 1.5, max(macs) * 1.5)
+  ax.set_xscale("log")
   ax.set_xlabel("sparse MACs per example (log scale)")
   ax.set_ylabel("eval accuracy (mean over seeds)")
   ax.set_title(title)

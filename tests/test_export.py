@@ -473,14 +473,18 @@ def test_launch_export_refuses_a_workdir_without_a_run(tmp_path):
 
 
 def exported_matches_checkpoint(config, workdir, output):
-  """The file holds the run's latest variables, masked, and its logits."""
+  """The file holds the run's latest variables with the masks its last step
+  trained with (what the library's `trained_params` gives), and their
+  logits."""
   from optg_jax import train  # pylint: disable=g-import-not-at-top
   variables, masks = optg.load_sparse(output)
   run = train._Run(config)  # pylint: disable=protected-access
   state = jax.device_get(train.restore_latest(
       train.checkpoint_manager(workdir, config), run.initial_state()))
-  trained_masks = train.current_masks(config, state.opt_state)
-  expected = {"params": state.params}
+  dense = config.method == "dense"
+  trained_masks = None if dense else optg.trained_masks(state.opt_state)
+  expected = {"params": state.params if dense else optg.trained_params(
+      state.params, state.opt_state)}
   expected_masks = {"params": trained_masks}
   if state.batch_stats:
     expected["batch_stats"] = state.batch_stats
@@ -492,33 +496,41 @@ def exported_matches_checkpoint(config, workdir, output):
   # The file is a model: its logits are those of the masked run.
   images = np.random.default_rng(11).random((4, 8, 8, 1), np.float32)
   apply = jax.jit(functools.partial(run.model.apply, train=False))
-  logits = apply({**expected, "params": train.masked_params(
-      config, state.params, state.opt_state)}, images)
-  np.testing.assert_array_equal(apply(variables, images), logits)
+  np.testing.assert_array_equal(apply(variables, images),
+                                apply(expected, images))
   return state, trained_masks
 
 
 @pytest.mark.long
 def test_launch_export_of_a_run(tmp_path):
-  """A short in-process run (an MLP: quick to compile), then the export."""
+  """A whole run with a refresh once an epoch (an MLP: quick to compile),
+  then the export: the masks the last epoch trained with, those the refresh
+  after step 46 drew, as `trained_params` gives them."""
   from optg_jax import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  config = runs.tiny_config(num_train_steps=10, model="lenet_300_100",
-                           update_every_steps=2)  # Refreshes by step 10.
-  train.train_and_evaluate(config, workdir)
+  config = runs.tiny_config(model="lenet_300_100", update_every_steps=0,
+                            checkpoint_every_steps=23)
+  summary = train.train_and_evaluate(config, workdir)
   output = tmp_path / "model.npz"
   result = run_export(f"--workdir={workdir}", f"--output={output}")
   assert result.returncode == 0, result.stderr
   size = os.path.getsize(output)
   lines = result.stdout.splitlines()
-  assert lines[0] == f"Exported step 10 of {workdir} to {output}"
+  assert lines[0] == f"Exported step 69 of {workdir} to {output}"
   assert lines[1].split() == ["file:", f"{size:,}", "bytes"]
   assert "dense float32:" in lines[2] and "ratio:" in lines[3]
   assert "orbax" not in result.stderr  # Libraries' INFO lines are off.
+  assert result.stderr.strip() == ""  # Nor TensorFlow's native lines.
   state, masks = exported_matches_checkpoint(config, workdir, output)
-  assert int(state.step) == 10
+  assert int(state.step) == 69
+  manager = train.checkpoint_manager(workdir, config)
+  drawn_after_46 = optg.get_masks(checkpoints.restore(
+      manager, 46, train._Run(config).initial_state()).opt_state)  # pylint: disable=protected-access
+  for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(drawn_after_46)):
+    np.testing.assert_array_equal(a, b)
   kept = sum(int(m.sum()) for m in jax.tree.leaves(masks))
-  assert kept < sum(m.size for m in jax.tree.leaves(masks))  # Some pruned.
+  assert kept == summary["kept_params"]
+  assert summary["sparsity"] == pytest.approx(0.7993, abs=1e-4)
 
 
 @pytest.mark.long

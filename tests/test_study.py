@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -41,6 +42,19 @@ def test_plan_runs_dense_once_per_seed():
     study.plan(["optg", "optg"], [0.9], [0])
   with pytest.raises(study.StudyError, match=r"in \(0, 1\)"):
     study.plan(["optg"], [1.0], [0])
+
+
+def test_plots_of_a_single_sparsity_and_a_single_point_raise_no_warning(
+    tmp_path):
+  row = dict(method="optg", sparsity=0.9, seed=0, eval_accuracy=0.8,
+             actual_sparsity=0.9, kept_params=10, sparse_macs=100,
+             dense_macs=1000, collapsed_layers=0, dead_units=0,
+             fatal_collapse=0, wall_time_s=1.0, steps=5, status="trained")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Any warning fails the test.
+    paths = study.plot([row], str(tmp_path), "one point")
+  assert [os.path.basename(p) for p in paths] == [
+      "accuracy_vs_sparsity.png", "accuracy_vs_macs.png"]
 
 
 def test_aggregate_and_markdown():
@@ -105,6 +119,9 @@ def test_two_run_study_end_to_end(tmp_path):
   assert any(re.match(r"\d\d:\d\d:\d\d step \d+/21 ", l) for l in console)
   assert not any("Evaluation at step" in l or "Saved the checkpoint" in l
                  for l in console), result.stderr[-3000:]
+  # No TensorFlow native lines, no library warnings.
+  assert not [l for l in console if re.match(
+      r"[IWE]\d{4} |WARNING: All log messages|.*Warning: ", l)], console
 
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
