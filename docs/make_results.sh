@@ -11,8 +11,8 @@ DOC="--doc=docs/RESULTS.md"
 # 1. Diagnosis: what every refresh does (docs/diagnosis/*.md).
 for run in "digits_reference --config=configs/quickstart.py --config.update_every_steps=0 --config.min_kept_per_unit=0 --config.validation_size=300 --config.sparsity=0.99" \
            "digits_quickstart --config=configs/quickstart.py --config.validation_size=300 --config.sparsity=0.99 --record_every=23" \
-           "mlp_reference --config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.learning_rate=0.02 --config.beta=2.5 --config.update_every_steps=0 --config.validation_size=5000 --config.sparsity=0.95" \
-           "mlp_every1 --config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.learning_rate=0.02 --config.beta=2.5 --config.update_every_steps=1 --config.validation_size=5000 --config.sparsity=0.95 --record_every=429"; do
+           "mlp_reference --config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.update_every_steps=0 --config.validation_size=5000 --config.sparsity=0.95" \
+           "mlp_every1 --config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.update_every_steps=1 --config.validation_size=5000 --config.sparsity=0.95 --record_every=429"; do
   set -- $run
   name=$1; shift
   python launch/diagnose.py "$@" --output="workdirs/diagnosis_$name"
@@ -26,11 +26,12 @@ $S --config=configs/quickstart.py --config.update_every_steps=0 \
    --methods=optg+epoch,optg+epoch+floor1,optg+every1,optg+every1+floor1 \
    --sparsities=0.95,0.99 --seeds=0,1 --workdir=workdirs/select_digits \
    --title="ResNet-20, digits validation" $DOC --section=select_digits
-# Fashion-MNIST's selection ran before two later fixes of the recipe (the
-# learning rate 0.02 -> 0.01, at which LeNet-5 trains without diverging, and
-# beta 2.5 -> 4, see section 1): they are restored here.
+# Fashion-MNIST's selection runs with the config's own learning rate (0.01)
+# and beta (4). It first ran at 0.02 and beta 2.5, before two fixes of the
+# recipe seen on training (LeNet-5 diverged at 0.02; at beta 2.5 the masks
+# the last epoch trains with are 0.0064 short of 95%, which the harness now
+# refuses since it judges the masks a run trains with).
 $S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
-   --config.learning_rate=0.02 --config.beta=2.5 \
    --config.update_every_steps=0 --config.validation_size=5000 \
    --methods=optg+epoch,optg+epoch+floor1,optg+every1,optg+every1+floor1,magnitude+epoch,magnitude+epoch+floor1,magnitude+every1 \
    --sparsities=0.95,0.99 --seeds=0,1 --workdir=workdirs/select_mlp \
