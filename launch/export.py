@@ -45,6 +45,10 @@ flags.DEFINE_string("structure", "auto", "How N:M masks are stored: 'auto' "
                     "(1:4, 2:4, 1:8 and 2:8 masks along the kernels' inputs "
                     "as N:M, the rest as bitmaps), 'N:M' (masks of that "
                     "pattern as N:M) or 'none' (a bitmap for every mask).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
+flags.DEFINE_bool("allow_unfinished", False, "Export the latest checkpoint of "
+                  "a run that has not reached its last step (the file's "
+                  "metadata says so).")
 flags.mark_flags_as_required(["workdir", "output"])
 
 
@@ -56,8 +60,9 @@ class ExportError(Exception):
     self.code = code
 
 
-def _check_paths(workdir: str, output: str) -> None:
-  """Refuses a workdir without a run or an output that cannot be written."""
+def _check_paths(workdir: str, output: str, overwrite: bool = False) -> None:
+  """Refuses a workdir without a run or an output that cannot be written
+  (or that exists, unless `overwrite`)."""
   if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     raise ExportError(f"{workdir} has no {checkpoints.CONFIG_FILE}: not the "
                       "workdir of a run")
@@ -66,6 +71,9 @@ def _check_paths(workdir: str, output: str) -> None:
                       f"{os.path.join(workdir, 'checkpoints')})")
   if os.path.isdir(output):
     raise ExportError(f"--output {output} is a directory; name a file")
+  if os.path.exists(output) and not overwrite:
+    raise ExportError(f"--output {output} exists; pass --overwrite to "
+                      "replace it, or name another file")
   parent = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(parent):
     raise ExportError(f"--output {output}: directory {parent} does not exist")
@@ -98,9 +106,12 @@ def _shared_lock(workdir: str):
 
 
 def _restored_run(workdir: str, verbose: bool = False):
-  """The latest verified checkpoint of the run and its masks (host arrays).
+  """The latest verified checkpoint of the run, its masks (host arrays;
+  None for a dense run) and the run's number of steps.
 
-  The masks are None for a dense run.
+  The checkpoint must have been saved by the configuration `config.json`
+  records now (an edited record is named as such, not blamed on the
+  checkpoint).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   # TensorFlow (imported by the input pipeline) stays off the accelerators.
@@ -115,20 +126,24 @@ def _restored_run(workdir: str, verbose: bool = False):
   except (OSError, ValueError) as e:
     raise ExportError(f"cannot read {path}: {e}") from None
   try:
-    run = train._Run(config)  # pylint: disable=protected-access
     manager = train.checkpoint_manager(workdir, config)
-    state = train.restore_latest(manager, run.initial_state())
+    newest = max(manager.all_steps(), default=None)
+    if newest is not None:
+      checkpoints.check_saved_by(manager, newest, config)
+    run = train._Run(config)  # pylint: disable=protected-access
+    state = train.restore_latest(manager, run.initial_state(), config=config)
   except (errors.ConfigError, data.DatasetError,
           errors.CheckpointError) as e:
     raise ExportError(str(e), errors.exit_code(e)) from None
   state = jax.device_get(state)
   # The model the run trained: the masks its last step trained with.
   masks = jax.device_get(train.shipped_masks(config, state.opt_state))
-  return state, masks
+  return state, masks, run.total_steps
 
 
 def export_run(workdir: str, output: str, structure: str = "auto",
-               verbose: bool = False) -> dict:
+               verbose: bool = False, overwrite: bool = False,
+               allow_unfinished: bool = False) -> dict:
   """Writes the sparse model of the run in `workdir` to `output`.
 
   Args:
@@ -137,6 +152,9 @@ def export_run(workdir: str, output: str, structure: str = "auto",
     structure: "auto", "none" or an "N:M" pattern (see
       `optg_jax.export_sparse`).
     verbose: let TensorFlow's native lines through.
+    overwrite: replace an existing `output`.
+    allow_unfinished: export a run whose latest checkpoint is not its last
+      step (the file's metadata says `"finished": false`).
 
   Returns:
     `{"step", "file_bytes", "dense_bytes", "ratio", "entries"}`.
@@ -144,7 +162,7 @@ def export_run(workdir: str, output: str, structure: str = "auto",
   Raises:
     ExportError: the export cannot be done (nothing written).
   """
-  _check_paths(workdir, output)
+  _check_paths(workdir, output, overwrite)
   if structure.lower() == "none":
     structure = None
   elif structure != "auto":
@@ -154,10 +172,18 @@ def export_run(workdir: str, output: str, structure: str = "auto",
       raise ExportError(f"--structure: {e}") from None
   fd = _shared_lock(workdir)
   try:
-    state, masks = _restored_run(workdir, verbose)
+    state, masks, total_steps = _restored_run(workdir, verbose)
   finally:
     if fd is not None:
       os.close(fd)
+  step = int(state.step)
+  finished = step >= total_steps
+  if not finished and not allow_unfinished:
+    raise ExportError(
+        f"the run in {workdir} is unfinished: its latest checkpoint is step "
+        f"{step} of {total_steps}; finish it (run its training command "
+        f"again), or pass --allow_unfinished to export step {step}, "
+        "labelled unfinished in the file")
   variables = {"params": state.params}
   variable_masks = {"params": masks}
   if state.batch_stats:
@@ -166,31 +192,38 @@ def export_run(workdir: str, output: str, structure: str = "auto",
   try:
     file_bytes = optg.export_sparse(
         variables, None if masks is None else variable_masks, output,
-        structure=structure)
+        structure=structure, metadata={
+            "workdir": os.path.abspath(workdir), "step": step,
+            "total_steps": total_steps, "finished": finished,
+            "masks": "trained"})
   except OSError as e:
     raise ExportError(f"cannot write {output}: "
                       f"{checkpoints.describe_os_error(e)}",
                       errors.EXIT_IO) from None
   entries = sum(int(x.size) for x in jax.tree.leaves(variables))
-  return {"step": int(state.step), "file_bytes": file_bytes,
-          "dense_bytes": 4 * entries, "ratio": file_bytes / (4 * entries),
-          "entries": entries}
+  return {"step": step, "total_steps": total_steps, "finished": finished,
+          "file_bytes": file_bytes, "dense_bytes": 4 * entries,
+          "ratio": file_bytes / (4 * entries), "entries": entries}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  # The libraries' INFO lines (orbax's restore), their warnings and
-  # TensorFlow's native lines: with --verbosity=1.
-  verbose = console.quiet()
+  # The report is on stdout. INFO lines (orbax's restore, the checkpoint's
+  # verification), the libraries' warnings and TensorFlow's native lines:
+  # with --verbosity=1.
+  verbose = console.quiet(warnings_only=True)
   try:
     figures = export_run(FLAGS.workdir, FLAGS.output, FLAGS.structure,
-                         verbose)
+                         verbose, overwrite=FLAGS.overwrite,
+                         allow_unfinished=FLAGS.allow_unfinished)
   except ExportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.code)
   print(f"Exported step {figures['step']} of {FLAGS.workdir} to "
-        f"{FLAGS.output}")
+        f"{FLAGS.output}" + ("" if figures["finished"] else
+                             f" (unfinished: the run has "
+                             f"{figures['total_steps']} steps)"))
   print(f"  file:          {figures['file_bytes']:,} bytes")
   print(f"  dense float32: {figures['dense_bytes']:,} bytes "
         f"({figures['entries']:,} entries x 4)")

@@ -6,6 +6,7 @@ TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
 
 from optg_jax.export import export_sparse
 from optg_jax.export import load_sparse
+from optg_jax.export import sparse_metadata
 from optg_jax.export import to_bcoo
 from optg_jax.keep_sparse import keep_sparse
 from optg_jax.keep_sparse import KeepSparseState
@@ -63,6 +64,7 @@ __all__ = (
     "path_to_str",
     "reduction_axis",
     "sigmoid_sparsity_schedule",
+    "sparse_metadata",
     "sparsity_report",
     "sparsity_table",
     "supermask_learning_rate",

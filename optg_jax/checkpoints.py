@@ -170,12 +170,15 @@ class _HeldNoise(logging_lib.Filter):
           self._previous_hook(unraisable)
 
 
-def save(manager: ocp.CheckpointManager, host_state) -> str:
+def save(manager: ocp.CheckpointManager, host_state,
+         config: Optional[Any] = None) -> str:
   """Saves `host_state` (a host pytree with a `step`) and its digest.
 
   Both go into the step's directory, which orbax writes under a temporary
   name and renames when complete: a checkpoint is listed with its digest or
-  not at all.
+  not at all. With `config`, the digest record also holds the run's
+  trajectory fields (`trajectory`), so that a checkpoint can tell which
+  configuration saved it.
 
   Returns:
     The digest.
@@ -186,12 +189,14 @@ def save(manager: ocp.CheckpointManager, host_state) -> str:
   """
   step = int(host_state.step)
   digest = state_digest(host_state)
+  record = {"sha256": digest, "step": step, "format": FORMAT}
+  if config is not None:
+    record["config"] = trajectory(config_record(config))
   with _HeldNoise().installed() as noise:
     try:
       manager.save(step, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.StandardSave(host_state),
-          DIGEST_ITEM: ocp.args.JsonSave({"sha256": digest, "step": step,
-                                          "format": FORMAT}),
+          DIGEST_ITEM: ocp.args.JsonSave(record),
       }), force=True)
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
@@ -227,26 +232,56 @@ def os_error_in(error: BaseException) -> Optional[OSError]:
   return None
 
 
-def check_format(manager: ocp.CheckpointManager, step: int) -> None:
-  """Refuses a checkpoint written in another format (an earlier release).
+def digest_record(manager: ocp.CheckpointManager, step: int
+                  ) -> Optional[Dict[str, Any]]:
+  """The digest record saved with `step`, or None if it cannot be read."""
+  with _HeldNoise().installed() as noise:
+    noise.drop()  # A record that cannot be read is reported by `restore`.
+    try:
+      record = manager.restore(step, args=ocp.args.Composite(**{
+          DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM]
+    except Exception:  # pylint: disable=broad-except
+      return None
+  if not isinstance(record, dict) or "sha256" not in record:
+    return None
+  return record
+
+
+def check_saved_by(manager: ocp.CheckpointManager, step: int,
+                   config) -> None:
+  """Refuses a checkpoint of an earlier release's format, or one saved by a
+  run of another configuration (the trajectory fields its record holds).
 
   A checkpoint whose digest cannot be read is left to `restore`, which
   reports it as unreadable.
 
   Raises:
     OldCheckpoint: naming the directory and what to do.
+    ConfigChanged: naming the changed fields.
   """
-  try:
-    record = manager.restore(step, args=ocp.args.Composite(**{
-        DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM]
-  except Exception:  # pylint: disable=broad-except
+  record = digest_record(manager, step)
+  if record is None:
     return
-  if not isinstance(record, dict) or "sha256" not in record:
-    return
+  check_format_of(record, manager.directory)
+  saved = record.get("config")
+  if saved is not None and config is not None:
+    changes = config_changes(saved, config_record(config))
+    if changes:
+      listed = ", ".join(f"{k} ({old!r} -> {new!r})"
+                         for k, old, new in changes)
+      raise ConfigChanged(
+          f"the checkpoint of step {step} in {manager.directory} was saved "
+          f"by a run of another configuration: changed {listed} (was "
+          f"{CONFIG_FILE} edited after the run?); use the recorded values "
+          "or a new workdir")
+
+
+def check_format_of(record: Dict[str, Any], directory) -> None:
+  """Raises OldCheckpoint for the digest record of an earlier format."""
   found = record.get("format", 1)
   if found != FORMAT:
     raise OldCheckpoint(
-        f"the checkpoints in {manager.directory} were written by an earlier "
+        f"the checkpoints in {directory} were written by an earlier "
         f"release of optg_jax (checkpoint format {found}, this release "
         f"reads {FORMAT}): their runs reported the masks of a refresh after "
         "the last step, which no step trained with; finish or evaluate "
@@ -295,7 +330,7 @@ def _reason(error: BaseException) -> str:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state,
-                   workdir: Optional[str] = None):
+                   workdir: Optional[str] = None, config=None):
   """The newest readable checkpoint restored into `state`'s structure.
 
   Orbax writes a checkpoint into a temporary directory and renames it when
@@ -312,6 +347,8 @@ def restore_latest(manager: ocp.CheckpointManager, state,
     state: a host state with the run's structure (the initialised one).
     workdir: the run's workdir, where unreadable checkpoints are moved; if
       None they stay in place.
+    config: the run's config: a checkpoint saved by a run of another
+      configuration (its record's trajectory fields) is refused.
 
   Returns:
     The restored state, or `state` itself when there is no checkpoint.
@@ -320,13 +357,13 @@ def restore_latest(manager: ocp.CheckpointManager, state,
     CheckpointError: if there are checkpoints but none can be read.
     OldCheckpoint: a checkpoint of an earlier release's format (nothing is
       moved).
+    ConfigChanged: a checkpoint saved by a run of another configuration.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   errors, unreadable = [], []
   for step in steps:
-    with _HeldNoise().installed() as noise:
-      noise.drop()  # A digest that cannot be read is reported below.
-      check_format(manager, step)  # Raises OldCheckpoint: nothing moved.
+    # Raises OldCheckpoint or ConfigChanged: nothing is moved.
+    check_saved_by(manager, step, config)
     try:
       with _HeldNoise().installed() as noise:
         try:
@@ -387,6 +424,11 @@ def checkpoint_steps(workdir: str) -> List[int]:
 def config_record(config) -> Dict[str, Any]:
   """The config as `config.json` holds it (JSON types)."""
   return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def trajectory(record: Dict[str, Any]) -> Dict[str, Any]:
+  """The fields of a config record that decide a run's weights."""
+  return {k: v for k, v in record.items() if k not in BOOKKEEPING_FIELDS}
 
 
 def config_changes(recorded: Dict[str, Any],

@@ -109,7 +109,8 @@ class _ConsoleFormatter(std_logging.Formatter):
     return f"{stamp} {record.levelname}{source}: {text}"
 
 
-def quiet(progress_only: Optional[float] = None) -> bool:
+def quiet(progress_only: Optional[float] = None,
+          warnings_only: bool = False) -> bool:
   """Applies the console rule of the command-line tools (module doc).
 
   Call it in `main`, after absl parsed the flags and before TensorFlow or
@@ -119,6 +120,8 @@ def quiet(progress_only: Optional[float] = None) -> bool:
     progress_only: None (a training run's console), or a number of seconds:
       of the INFO lines, only the progress of a run, at most that often
       (a study's console, which prints its own line per run).
+    warnings_only: only warnings and errors (a tool whose report is its
+      standard output, such as the export).
 
   Returns:
     Whether the console is verbose (`--verbosity` >= 1): the caller then
@@ -131,6 +134,8 @@ def quiet(progress_only: Optional[float] = None) -> bool:
       std_logging.root.setLevel(std_logging.INFO)
     return True
   handler = logging.get_absl_handler()
+  if warnings_only:
+    logging.set_verbosity(logging.WARNING)
   handler.addFilter(_QuietConsole() if progress_only is None
                     else _ProgressOnly(progress_only))
   handler.setFormatter(_ConsoleFormatter())

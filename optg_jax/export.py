@@ -24,6 +24,13 @@ shape, dtype, layout and place in the shared arrays.
 
 `load_sparse(path)` gives back `(params, masks)`: numpy arrays, the params
 with the pruned entries zero and the masks bool (None for unmasked leaves).
+Every leaf's content (path, dtype, shape, values and mask) has its SHA-256
+in the manifest and the manifest a digest of itself, so a damaged or
+altered file (truncated, bits flipped, values rewritten, leaves swapped or
+moved) is a `ValueError` naming what is wrong; so are NaN or Inf values the
+exporter did not record. `sparse_metadata(path)` reads the dict the
+exporter attached (`launch/export.py`: the run, its step, whether it was
+finished).
 `to_bcoo(kernel, mask)` turns a masked 2-D kernel into a
 `jax.experimental.sparse.BCOO` matrix.
 
@@ -32,10 +39,12 @@ sparsity (0.4 byte of values and 0.125 byte of bitmap a weight) and 53% at
 2:4 (benchmarks/export_size.py).
 """
 
+import hashlib
 import json
 import math
 import os
 import uuid
+import zipfile
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -48,7 +57,11 @@ PyTree = Any
 Structure = Union[str, nm.NM, None]
 
 FORMAT = "optg_jax.sparse"
-VERSION = 1
+# 2: every leaf carries the SHA-256 of its content and its count of
+# non-finite values, the manifest a digest of itself and a `metadata` dict.
+# Files of version 1 (no digests) are refused: their runs also shipped the
+# masks of a refresh after the last step, which no step trained with.
+VERSION = 2
 # The group sizes `structure="auto"` recognises, tried in this order (a 2:4
 # mask is also 4:8, and its 2-bit indices are the smaller). Of the patterns
 # found, those whose indices are smaller than a bitmap (n * ceil(log2(m))
@@ -180,6 +193,21 @@ def _flatten(params: PyTree, masks: PyTree, path: List[str],
   leaves.append((where, np.asarray(params),
                  None if masks is None else np.asarray(masks)))
   return {"kind": "leaf", "id": len(leaves) - 1}
+
+
+def _leaf_paths(node: Dict[str, Any], path: List[str],
+                out: Dict[int, str]) -> Dict[int, str]:
+  """`{leaf id: the path its place in the tree gives it}`."""
+  kind = node.get("kind") if isinstance(node, dict) else None
+  if kind == "dict":
+    for key, item in zip(node["keys"], node["items"], strict=True):
+      _leaf_paths(item, path + [str(key)], out)
+  elif kind in ("list", "tuple"):
+    for i, item in enumerate(node["items"]):
+      _leaf_paths(item, path + [str(i)], out)
+  elif kind == "leaf":
+    out[node.get("id")] = _shown(path)
+  return out
 
 
 def _unflatten(node: Dict[str, Any], leaves: List[Any]) -> PyTree:
@@ -341,9 +369,45 @@ class _BlobReader:
 # Encoding and decoding one leaf.
 
 
+def _leaf_digest(where: str, dtype_name: str, stored: np.ndarray,
+                 mask: Optional[np.ndarray]) -> str:
+  """SHA-256 of a leaf as it loads: path, dtype, shape, the stored bytes of
+  the param (pruned entries zero) and the mask."""
+  h = hashlib.sha256()
+  h.update(json.dumps([where, dtype_name, list(stored.shape),
+                       mask is not None]).encode())
+  h.update(np.ascontiguousarray(stored).tobytes())
+  if mask is not None:
+    h.update(np.packbits(np.asarray(mask, bool).reshape(-1)).tobytes())
+  return h.hexdigest()
+
+
+def _non_finite(param: np.ndarray) -> int:
+  """How many entries of a floating-point array are NaN or infinite."""
+  if param.dtype.kind in "iub":
+    return 0
+  return int(np.count_nonzero(~np.isfinite(param.astype(np.float64))))
+
+
 def _encode(where: str, array: np.ndarray, mask, structure,
             blobs: _BlobWriter) -> Dict[str, Any]:
   """Adds the leaf's arrays to `blobs`; returns its manifest record."""
+  record = _encode_layout(where, array, mask, structure, blobs)
+  stored, dtype_name = _storable(array)
+  if mask is not None:
+    mask = _bool_mask(where, array, mask)
+    stored = np.where(mask, stored, np.zeros((), stored.dtype))
+    kept = array[mask]
+  else:
+    kept = array
+  record["non_finite"] = _non_finite(kept)
+  record["sha256"] = _leaf_digest(where, dtype_name, stored, mask)
+  return record
+
+
+def _encode_layout(where: str, array: np.ndarray, mask, structure,
+                   blobs: _BlobWriter) -> Dict[str, Any]:
+  """Adds the leaf's arrays to `blobs`; returns its layout record."""
   stored, dtype_name = _storable(array)
   record = {"path": where, "shape": list(array.shape), "dtype": dtype_name}
   if mask is None:
@@ -381,7 +445,25 @@ def _field(record, key, kind=int):
 
 def _decode(record: Dict[str, Any], blobs: _BlobReader
             ) -> Tuple[np.ndarray, Any]:
-  """The `(param, mask)` of a leaf."""
+  """The `(param, mask)` of a leaf, checked against its digest."""
+  param, mask = _decode_layout(record, blobs)
+  where = record.get("path")
+  stored, dtype_name = _storable(param)
+  if _leaf_digest(where, dtype_name, stored, mask) != record.get("sha256"):
+    raise ValueError(f"sparse file: leaf '{where}' does not match its "
+                     "SHA-256 (its values, mask, shape, dtype or path were "
+                     "altered)")
+  found = _non_finite(param if mask is None else param[mask])
+  if found != record.get("non_finite"):
+    raise ValueError(f"sparse file: leaf '{where}' holds {found} NaN or "
+                     f"infinite values; the exporter recorded "
+                     f"{record.get('non_finite')!r}")
+  return param, mask
+
+
+def _decode_layout(record: Dict[str, Any], blobs: _BlobReader
+                   ) -> Tuple[np.ndarray, Any]:
+  """The `(param, mask)` a leaf's layout record describes."""
   where = record.get("path")
   shape = tuple(_field(record, "shape", list))
   if not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -431,8 +513,16 @@ def _decode(record: Dict[str, Any], blobs: _BlobReader
 # The API.
 
 
+def _manifest_digest(manifest: Dict[str, Any]) -> str:
+  """SHA-256 of the manifest's content, but for this digest itself."""
+  content = {k: v for k, v in manifest.items() if k != "digest"}
+  return hashlib.sha256(json.dumps(content, sort_keys=True,
+                                   separators=(",", ":")).encode()).hexdigest()
+
+
 def export_sparse(params: PyTree, masks: PyTree, path: Union[str, os.PathLike],
-                  structure: Structure = "auto") -> int:
+                  structure: Structure = "auto",
+                  metadata: Optional[Mapping[str, Any]] = None) -> int:
   """Writes the masked params to one compact `.npz` file.
 
   For each leaf with a mask the file holds only the kept values (in their
@@ -458,6 +548,8 @@ def export_sparse(params: PyTree, masks: PyTree, path: Union[str, os.PathLike],
       a bitmap); an `nm.NM` (or an "N:M" string) stores the masks that have
       that pattern as N:M, whatever their size; None stores every mask as
       a bitmap.
+    metadata: a dict of JSON values stored with the model (what it is, where
+      it comes from); `sparse_metadata(path)` reads it back.
 
   Returns:
     The size of the file written, in bytes.
@@ -475,8 +567,13 @@ def export_sparse(params: PyTree, masks: PyTree, path: Union[str, os.PathLike],
   blobs = _BlobWriter()
   records = [_encode(where, array, mask, structure, blobs)
              for where, array, mask in leaves]
+  try:
+    metadata = json.loads(json.dumps(dict(metadata or {})))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"metadata must hold JSON values: {e}") from None
   manifest = {"format": FORMAT, "version": VERSION, "tree": tree,
-              "leaves": records}
+              "leaves": records, "metadata": metadata}
+  manifest["digest"] = _manifest_digest(manifest)
   arrays = blobs.arrays()
   arrays[_MANIFEST] = np.frombuffer(zlib.compress(
       json.dumps(manifest, separators=(",", ":")).encode(), 9), np.uint8)
@@ -499,8 +596,53 @@ def export_sparse(params: PyTree, masks: PyTree, path: Union[str, os.PathLike],
   return os.path.getsize(path)
 
 
+def _read_manifest(data, where: str) -> Dict[str, Any]:
+  """The checked manifest of an open `.npz`."""
+  if _MANIFEST not in data.files:
+    raise ValueError(f"{where} is not an optg_jax sparse file (no manifest)")
+  try:
+    manifest = json.loads(zlib.decompress(data[_MANIFEST].tobytes()))
+  except (ValueError, zlib.error):
+    raise ValueError(f"{where}: the manifest is not zlib-compressed "
+                     "JSON") from None
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    raise ValueError(f"{where} is not an optg_jax sparse file")
+  if manifest.get("version") == 1:
+    raise ValueError(f"{where} was exported by an earlier release of "
+                     "optg_jax (format version 1: no digests, and the masks "
+                     "of a refresh after the run's last step, which no step "
+                     "trained with); export the run again with this release")
+  if manifest.get("version") != VERSION:
+    raise ValueError(f"{where}: format version {manifest.get('version')!r}, "
+                     f"this reader knows {VERSION}")
+  if manifest.get("digest") != _manifest_digest(manifest):
+    raise ValueError(f"{where}: the manifest does not match its SHA-256 "
+                     "(the tree, a leaf's record or the metadata were "
+                     "altered)")
+  return manifest
+
+
+def _opened(path: Union[str, os.PathLike]):
+  """`np.load` of a sparse file; a file that is no zip is a ValueError."""
+  where = os.fspath(path)
+  try:
+    data = np.load(where, allow_pickle=False)
+  except (zipfile.BadZipFile, EOFError, ValueError) as e:
+    raise ValueError(f"{where} is not an optg_jax sparse file or is "
+                     f"damaged ({type(e).__name__}: {e})") from None
+  if not hasattr(data, "files"):
+    raise ValueError(f"{where} is not an optg_jax sparse file (not an .npz "
+                     "archive)")
+  return data
+
+
+# What reading a damaged zip member raises, besides ValueError.
+_DAMAGE = (zipfile.BadZipFile, EOFError, zlib.error, KeyError, TypeError,
+           IndexError)
+
+
 def load_sparse(path: Union[str, os.PathLike]) -> Tuple[PyTree, PyTree]:
-  """Reads a file written by `export_sparse`.
+  """Reads a file written by `export_sparse`, verified.
 
   Args:
     path: the file.
@@ -512,41 +654,56 @@ def load_sparse(path: Union[str, os.PathLike]) -> Tuple[PyTree, PyTree]:
     export had no mask. `jax.device_put(params)` puts them on a device.
 
   Raises:
-    ValueError: the file is not an `optg_jax` sparse file or is damaged.
-    OSError: the file cannot be read.
+    ValueError: the file is not an `optg_jax` sparse file, or is damaged or
+      altered: a truncated or corrupted archive, a leaf or manifest that
+      does not match its SHA-256, NaN or infinite values the exporter did
+      not record, a version this reader does not know (the message says
+      which).
+    OSError: the file cannot be read (missing, no permission).
   """
-  data = np.load(os.fspath(path), allow_pickle=False)
-  if not hasattr(data, "files"):
-    raise ValueError(f"{os.fspath(path)} is not an optg_jax sparse file "
-                     "(not an .npz archive)")
-  with data:
-    if _MANIFEST not in data.files:
-      raise ValueError(f"{os.fspath(path)} is not an optg_jax sparse file "
-                       "(no manifest)")
-    try:
-      manifest = json.loads(zlib.decompress(data[_MANIFEST].tobytes()))
-    except (ValueError, zlib.error):
-      raise ValueError(f"{os.fspath(path)}: the manifest is not "
-                       "zlib-compressed JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-      raise ValueError(f"{os.fspath(path)} is not an optg_jax sparse file")
-    if manifest.get("version") != VERSION:
-      raise ValueError(f"{os.fspath(path)}: format version "
-                       f"{manifest.get('version')!r}, this reader knows "
-                       f"{VERSION}")
-    records = manifest.get("leaves")
-    if (not isinstance(records, list) or
-        not all(isinstance(r, dict) for r in records)):
-      raise ValueError(f"{os.fspath(path)}: the manifest has no leaf list")
-    blobs = _BlobReader(data)
-    decoded = [_decode(record, blobs) for record in records]
+  where = os.fspath(path)
+  data = _opened(path)
   try:
-    params = _unflatten(manifest.get("tree"), [p for p, _ in decoded])
-    masks = _unflatten(manifest.get("tree"), [m for _, m in decoded])
-  except (KeyError, TypeError):
-    raise ValueError(f"{os.fspath(path)}: the manifest's tree is "
-                     "damaged") from None
+    with data:
+      manifest = _read_manifest(data, where)
+      records = manifest.get("leaves")
+      if (not isinstance(records, list) or
+          not all(isinstance(r, dict) for r in records)):
+        raise ValueError(f"{where}: the manifest has no leaf list")
+      blobs = _BlobReader(data)
+      decoded = [_decode(record, blobs) for record in records]
+      placed = _leaf_paths(manifest.get("tree"), [], {})
+      for i, record in enumerate(records):
+        if placed.get(i) != record.get("path"):
+          raise ValueError(f"{where}: leaf '{record.get('path')}' sits at "
+                           f"'{placed.get(i)}' in the tree (moved)")
+      params = _unflatten(manifest.get("tree"), [p for p, _ in decoded])
+      masks = _unflatten(manifest.get("tree"), [m for _, m in decoded])
+  except _DAMAGE as e:
+    raise ValueError(f"{where} is damaged ({type(e).__name__}: "
+                     f"{str(e)[:200]})") from None
+  except ValueError as e:
+    message = str(e)
+    if message.startswith("sparse file:"):
+      message = f"{where}:" + message[len("sparse file:"):]
+    raise ValueError(message) from None
   return params, masks
+
+
+def sparse_metadata(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+  """The `metadata` dict `export_sparse` stored in a file (verified).
+
+  Raises:
+    ValueError, OSError: as `load_sparse`.
+  """
+  where = os.fspath(path)
+  data = _opened(path)
+  try:
+    with data:
+      return dict(_read_manifest(data, where).get("metadata") or {})
+  except _DAMAGE as e:
+    raise ValueError(f"{where} is damaged ({type(e).__name__}: "
+                     f"{str(e)[:200]})") from None
 
 
 def to_bcoo(kernel, mask):

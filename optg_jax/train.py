@@ -145,6 +145,12 @@ def validate_config(config: ml_collections.ConfigDict,
   floor = config.get("min_kept_per_unit", 0)
   if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
     fail(f"min_kept_per_unit must be a non-negative integer, got {floor!r}")
+  if structure and floor > nm.NM.parse(structure).n:
+    pattern = nm.NM.parse(structure)
+    fail(f"min_kept_per_unit={floor} cannot be kept with structure "
+         f"{structure}: N:M keeps {pattern.n} of every {pattern.m} inputs of "
+         f"each unit (a floor of up to {pattern.n} is implied); set "
+         f"min_kept_per_unit to at most {pattern.n}")
   if config.learning_rate <= 0:
     fail(f"learning_rate must be positive, got {config.learning_rate!r}")
   for name in ("log_every_steps", "checkpoint_every_steps"):
@@ -433,7 +439,8 @@ def replicate(tree):
   return jax.tree.map(one, tree)
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState,
+                    config):
   """Saves the replicated `state` with its digest (`checkpoints.save`).
 
   A save that fails on the filesystem (a full disk, a read-only or vanished
@@ -444,7 +451,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
   host_state = jax.device_get(jax_utils.unreplicate(state))
   step = int(host_state.step)
   try:
-    checkpoints.save(manager, host_state)
+    checkpoints.save(manager, host_state, config)
   except OSError as e:
     if jax.process_index() == 0:
       _remove_temporary(str(manager.directory), step)
@@ -833,7 +840,18 @@ class _Run:
 
   def _check_target(self):
     if self.config.method != "dense":
-      check_target(self.config, self.steps_per_epoch, self._prunable_shapes())
+      prunable = self._prunable_shapes()
+      structure = structure_of(self.config)
+      if structure is not None and not any(
+          x.shape[nm.reduction_axis(x.shape)] % structure.m == 0
+          for x in prunable if len(x.shape) in (2, 3, 4)):
+        raise ConfigError(
+            f"structure {structure}: no prunable kernel of "
+            f"{self.config.model} has a reduction axis (its inputs) that "
+            f"divides into groups of {structure.m}, so nothing could be "
+            "pruned; choose an N:M whose M divides the layers' inputs (e.g. "
+            "2:4)")
+      check_target(self.config, self.steps_per_epoch, prunable)
 
   def initial_state(self) -> TrainState:
     rng = jax.random.key(self.config.seed)
@@ -976,7 +994,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _restored(run: _Run, workdir: str):
   """The checkpoint manager and the host state to start from."""
   manager = checkpoint_manager(workdir, run.config)
-  state = restore_latest(manager, run.initial_state(), workdir)
+  state = restore_latest(manager, run.initial_state(), workdir,
+                         config=run.config)
   return manager, state
 
 
@@ -1085,7 +1104,7 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
                             write=False)
       if last_saved != done:
         place.check_present(done)
-        save_checkpoint(manager, state)
+        save_checkpoint(manager, state, config)
       writer.flush()
       raise Preempted(done)
     last_saved = _periodic_work(run, place, state, writer, manager, done,
@@ -1097,7 +1116,7 @@ def _train(run: _Run, place, sigterm: SigtermFlag,
   final_step = int(jax_utils.unreplicate(state.step))
   if last_saved != final_step:
     place.check_present(final_step)
-    save_checkpoint(manager, state)
+    save_checkpoint(manager, state, config)
   # The model the run ships: the masks its last step trained with. The
   # evaluation after the last epoch, if this process just made it, is it.
   if last_evaluation is not None and last_evaluation[0] == final_step:
@@ -1164,7 +1183,7 @@ def _periodic_work(run, place, state, writer, manager, done, last_saved,
                           write=False)
     place.check_present(done)
     with progress.paused(state):
-      save_checkpoint(manager, state)
+      save_checkpoint(manager, state, config)
     return done
   return last_saved
 

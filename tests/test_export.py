@@ -336,6 +336,124 @@ def test_bad_inputs(tmp_path):
     optg.load_sparse(tmp_path / "cut.npz")
 
 
+def _rewritten(path, out, change_arrays=None, change_manifest=None,
+               redigest=False):
+  """`path` saved again as `out` with valid zip CRCs, after the changes."""
+  with np.load(path) as data:
+    arrays = dict(data)
+  manifest = json.loads(zlib.decompress(arrays["manifest"].tobytes()))
+  if change_arrays:
+    change_arrays(arrays)
+  if change_manifest:
+    change_manifest(manifest)
+    if redigest:  # A forger who recomputes the manifest's own digest.
+      manifest["digest"] = export._manifest_digest(manifest)  # pylint: disable=protected-access
+  arrays["manifest"] = np.frombuffer(zlib.compress(json.dumps(
+      manifest).encode()), np.uint8)
+  np.savez(out, **arrays)
+  return out
+
+
+def test_damaged_or_altered_files_are_refused(tmp_path):
+  rng = np.random.default_rng(5)
+  params = {"params": small_tree(rng), "batch_stats": {
+      "bn": {"mean": rng.standard_normal(8).astype(np.float32)}}}
+  masks = {"params": unstructured_masks(rng, params["params"]),
+           "batch_stats": None}
+  path = tmp_path / "model.npz"
+  optg.export_sparse(params, masks, path, metadata={"step": 7})
+  assert optg.sparse_metadata(path) == {"step": 7}
+  raw = path.read_bytes()
+  cases = []
+  # Truncated, and bits flipped in the middle of the archive.
+  (tmp_path / "cut.npz").write_bytes(raw[:len(raw) // 2])
+  cases.append((tmp_path / "cut.npz", "is not an optg_jax sparse file or is "
+                "damaged|is damaged"))
+  for seed in range(3):
+    flipped = bytearray(raw)
+    for i in np.random.default_rng(seed).integers(200, len(raw) - 200, 16):
+      flipped[i] ^= 0x5A
+    name = tmp_path / f"flip{seed}.npz"
+    name.write_bytes(bytes(flipped))
+    cases.append((name, "damaged|does not match its SHA-256|not "
+                  "zlib-compressed"))
+
+  def nan(arrays):
+    arrays["values.float32"] = arrays["values.float32"].copy()
+    arrays["values.float32"][3] = np.nan
+
+  def doubled(arrays):
+    arrays["values.float32"] = 2 * arrays["values.float32"]
+
+  cases.append((_rewritten(path, tmp_path / "nan.npz", nan),
+                "does not match its SHA-256"))
+  cases.append((_rewritten(path, tmp_path / "double.npz", doubled),
+                "does not match its SHA-256"))
+
+  def swap(manifest):
+    leaves = manifest["leaves"]
+    leaves[0]["values"], leaves[1]["values"] = (leaves[1]["values"],
+                                                leaves[0]["values"])
+
+  def moved(manifest):  # batch_stats/bn under params.
+    tree = manifest["tree"]
+    params_node, stats_node = tree["items"]
+    params_node["keys"].append("bn")
+    params_node["items"].append(stats_node["items"][0])
+    stats_node["keys"], stats_node["items"] = [], []
+
+  for change in (swap, moved):
+    cases.append((_rewritten(path, tmp_path / f"{change.__name__}.npz",
+                             change_manifest=change),
+                  "the manifest does not match its SHA-256"))
+  cases.append((_rewritten(path, tmp_path / "swap2.npz",
+                           change_manifest=swap, redigest=True),
+                "expected|bad reference|does not match its SHA-256"))
+  cases.append((_rewritten(path, tmp_path / "moved2.npz",
+                           change_manifest=moved, redigest=True),
+                r"'batch_stats/bn/mean' sits at 'params/bn/mean' in the tree"))
+  # NaN where the exporter recorded none, with a matching digest.
+
+  def nan_redigested(arrays):
+    nan(arrays)
+
+  def fix_digest(manifest):
+    leaf = manifest["leaves"][0]
+    loaded, leaf_mask = params["params"]["conv_init"]["kernel"].copy(), (
+        masks["params"]["conv_init"]["kernel"])
+    stored = np.where(leaf_mask, loaded, 0).astype(np.float32)
+    stored[np.unravel_index(np.flatnonzero(leaf_mask)[3],
+                            stored.shape)] = np.nan
+    leaf["sha256"] = export._leaf_digest(  # pylint: disable=protected-access
+        leaf["path"], "float32", stored, leaf_mask)
+
+  cases.append((_rewritten(path, tmp_path / "nan2.npz", nan_redigested,
+                           fix_digest, redigest=True),
+                "holds 1 NaN or infinite values; the exporter recorded 0"))
+  for name, message in cases:
+    with pytest.raises(ValueError, match=message):
+      optg.load_sparse(name)
+  # Version 1 files (no digests) are refused, naming why.
+  def old(manifest):
+    manifest["version"] = 1
+  with pytest.raises(ValueError, match="exported by an earlier release"):
+    optg.load_sparse(_rewritten(path, tmp_path / "v1.npz",
+                                change_manifest=old))
+  # And the file itself loads.
+  loaded, _ = optg.load_sparse(path)
+  np.testing.assert_array_equal(loaded["batch_stats"]["bn"]["mean"],
+                                params["batch_stats"]["bn"]["mean"])
+
+
+def test_recorded_non_finite_values_load(tmp_path):
+  params = {"w": np.array([[1.0, np.nan], [np.inf, 2.0]], np.float32)}
+  path = tmp_path / "nan.npz"
+  optg.export_sparse(params, {"w": np.array([[True, True], [True, False]])},
+                     path)
+  loaded, masks = optg.load_sparse(path)
+  np.testing.assert_array_equal(loaded["w"], [[1.0, np.nan], [np.inf, 0.0]])
+
+
 def test_bcoo_product_equals_the_masked_dense_product():
   from jax.experimental import sparse  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(8)

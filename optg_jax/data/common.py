@@ -17,6 +17,7 @@ number of processes or devices that share it.
 
 from typing import Callable, NamedTuple, Optional, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -281,6 +282,10 @@ HOLD_OUT_SEED = 20260
 Split = Tuple[np.ndarray, np.ndarray]
 
 
+# Fewer held-out images than this get a warning: one image is over 0.2 points.
+SMALL_VALIDATION = 500
+
+
 def validation_size(config) -> int:
   """`config.validation_size` (0 when the field is absent), checked."""
   size = config.get("validation_size", 0) or 0
@@ -318,6 +323,14 @@ def hold_out(train: Split, size: int) -> Tuple[Split, Optional[Split]]:
                        f"of the {len(labels)}")
   rng = np.random.default_rng(HOLD_OUT_SEED)
   classes, counts = np.unique(labels, return_counts=True)
+  if size < len(classes):
+    raise DatasetError(
+        f"validation_size {size} holds out fewer images than the "
+        f"{len(classes)} classes (every class needs one); hold out at least "
+        f"{len(classes)}, and a few hundred to tell results a point apart")
+  if size < SMALL_VALIDATION:
+    logging.warning("Evaluating on %d held-out images: one image is %.2g "
+                    "points of accuracy", size, 100 / size)
   quota = np.floor(counts * size / len(labels)).astype(int)
   for i in np.argsort(-counts, kind="stable")[:size - quota.sum()]:
     quota[i] += 1
