@@ -15,6 +15,10 @@ before any step trains with them. The last row is the end of the run: the
 model it ships. Writes
 `DIR/refreshes.json` (everything) and `DIR/refreshes.md` (tables). Nothing
 is checkpointed; this is a measurement, not a training run to keep.
+
+Bad flags (`--record_every` below 1, an `--output` that is a file, a config
+that cannot run) are one `error: ...` line and exit code 2 before any
+training; an `--output` that cannot be created or written, exit code 4.
 """
 
 import json
@@ -104,10 +108,48 @@ def _table(records, steps_per_epoch):
 import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
+def _check_flags():
+  """Refuses bad flags and an output that cannot be written, before any
+  training (exit 2 and 4)."""
+  if FLAGS.record_every < 1:
+    _fail(f"--record_every must be >= 1, got {FLAGS.record_every}")
+  if FLAGS.max_refreshes < 0:
+    _fail(f"--max_refreshes must be >= 0, got {FLAGS.max_refreshes}")
+  output = FLAGS.output
+  if os.path.exists(output) and not os.path.isdir(output):
+    _fail(f"--output {output} is a file; name a directory")
+  existing = os.path.abspath(output)
+  while not os.path.exists(existing):  # Created at the end, when written.
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    _fail(f"--output {output}: {existing} is a file")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    _fail(f"--output {output}: {existing} is not writable", 4)
+
+
+def _fail(message, code=2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _write(path, text):
+  try:
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    try:
+      os.remove(path + ".tmp")
+    except OSError:
+      pass
+    _fail(f"cannot write {path}: {e.strerror or e}", 4)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   from optg_jax import console  # pylint: disable=g-import-not-at-top
+  _check_flags()
   console.import_tensorflow(console.quiet())
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -228,12 +270,15 @@ def main(argv):
     old_masks = new_masks
     if FLAGS.max_refreshes and len(records) >= FLAGS.max_refreshes:
       break
-  os.makedirs(FLAGS.output, exist_ok=True)
-  with open(os.path.join(FLAGS.output, "refreshes.json"), "w") as f:
-    json.dump({"config": config.to_dict(), "refreshes": records}, f,
-              indent=1, default=str)
-  with open(os.path.join(FLAGS.output, "refreshes.md"), "w") as f:
-    f.write(_table(records, run.steps_per_epoch))
+  try:
+    os.makedirs(FLAGS.output, exist_ok=True)
+  except OSError as e:
+    _fail(f"cannot create --output {FLAGS.output}: {e.strerror or e}", 4)
+  _write(os.path.join(FLAGS.output, "refreshes.json"), json.dumps(
+      {"config": config.to_dict(), "refreshes": records}, indent=1,
+      default=str))
+  _write(os.path.join(FLAGS.output, "refreshes.md"),
+         _table(records, run.steps_per_epoch))
   print(f"wrote {FLAGS.output}/refreshes.json and refreshes.md")
 
 

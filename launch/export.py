@@ -11,13 +11,19 @@ dense. `optg.load_sparse(FILE)` gives back `(variables, masks)`, and
 `model.apply(variables, images, train=False)` then computes the logits of
 the sparse model.
 
+The file's metadata (`optg.sparse_metadata(FILE)`) names the workdir, the
+step, the run's number of steps and whether it finished. A run that has not
+reached its last step is exported only with `--allow_unfinished`; an
+existing output file is replaced only with `--overwrite`.
+
 Prints the file's size, the size of the same variables dense in float32
 (4 bytes an entry) and their ratio. Every failure is one `error: ...`
 line on stderr and leaves no file: exit code 2 for a workdir without
-`config.json` or without a checkpoint, a workdir a run holds, a config
-that cannot be rebuilt (a dataset whose metadata is not there) and an
-output whose directory is missing or not writable; 3 when no checkpoint
-can be read; 4 when writing the file fails. The workdir is only read.
+`config.json` or without a checkpoint, a workdir a run holds, an unfinished
+run, a `config.json` edited after the run, a config that cannot be rebuilt
+(a dataset whose metadata is not there) and an output that exists or whose
+directory is missing or not writable; 3 when no checkpoint can be read; 4
+when writing the file fails. The workdir is only read.
 """
 
 import fcntl

@@ -20,6 +20,17 @@ modifiers joined with "+", each setting config fields:
 e.g. "optg+every1", "magnitude+every1", "optg+epoch+floor1". Without a
 modifier the config's own fields stand.
 
+The grid is canonical: repeated seeds or sparsities are run once, two
+sparsities closer than the harness's target tolerance are refused (no run
+could tell them apart), so are two methods that run the same config; an
+N:M method ("optg+2:4") runs once, at its own sparsity 1 - N/M, whatever
+the sparsities. A study workdir is one configuration: `DIR/study.json`
+records the base config it was started with, and an invocation with
+another base config is refused, naming the changed fields (a run is read
+back only if its recorded `config.json` is the one the study would run).
+One study at a time holds `DIR/study.lock`. A damaged `summary.json` is set
+aside (`summary.json.damaged`) and its run redone from its checkpoints.
+
 The results: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ±
 std over seeds) and PNG plots in `DIR/`: accuracy against sparsity,
 accuracy against sparse MACs, the learned per-layer sparsity of each method
@@ -27,6 +38,8 @@ at one sparsity, and the sparsity and mask-learning-rate schedules.
 """
 
 import csv
+import fcntl
+import io
 import json
 import math
 import os
@@ -56,8 +69,23 @@ _MODIFIERS = (
 )
 
 
+# Two target sparsities closer than this cannot be told apart by a run
+# (the harness's tolerance on the shipped masks, `schedules.TARGET_TOLERANCE`).
+SPARSITY_RESOLUTION = 1e-3
+STUDY_FILE = "study.json"
+LOCK_FILE = "study.lock"
+EXIT_BAD_INPUT, EXIT_IO = 2, 4
+
+
 class StudyError(ValueError):
-  """A study's arguments are wrong; the message is one line."""
+  """A study's arguments or workdir are wrong; the message is one line.
+
+  `code`: the exit code of `launch/study.py` (2 bad input, 4 I/O).
+  """
+
+  def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+    super().__init__(message)
+    self.code = code
 
 
 class Run(NamedTuple):
@@ -102,26 +130,96 @@ def parse_method(spec: str) -> Dict[str, Any]:
   return fields
 
 
+def structure_sparsity(method: str) -> Optional[float]:
+  """The sparsity of an N:M method (1 - N/M), None for the others."""
+  structure = parse_method(method).get("structure")
+  if structure is None:
+    return None
+  n, m = (int(x) for x in structure.split(":"))
+  return round(1.0 - n / m, 12)
+
+
+def _merged(values, kind: str, notes: Optional[List[str]]):
+  unique = list(dict.fromkeys(values))
+  if len(unique) != len(values) and notes is not None:
+    notes.append(f"{kind} repeat ({', '.join(f'{v:g}' for v in values)}): "
+                 "each runs once")
+  return unique
+
+
 def plan(methods: Sequence[str], sparsities: Sequence[float],
-         seeds: Sequence[int]) -> List[Run]:
-  """The study's runs, methods first, then sparsities, then seeds."""
+         seeds: Sequence[int], base_config=None,
+         notes: Optional[List[str]] = None) -> List[Run]:
+  """The study's runs, methods first, then sparsities, then seeds.
+
+  Args:
+    methods: method names (`parse_method`).
+    sparsities: target sparsities of the unstructured sparse methods.
+    seeds: seeds.
+    base_config: when given, two methods that run the same config on it
+      (e.g. "optg" and "optg+epoch" on a config that refreshes once an
+      epoch) are refused.
+    notes: when given, gets a line for each merge (repeated seeds or
+      sparsities).
+
+  Raises:
+    StudyError: an unknown or repeated method, two methods of one config,
+      sparsities outside (0, 1) or closer than `SPARSITY_RESOLUTION`.
+  """
   if not methods or not seeds:
     raise StudyError("a study needs at least one method and one seed")
   for method in methods:
     parse_method(method)
   if len(set(methods)) != len(methods):
     raise StudyError(f"methods repeat: {', '.join(methods)}")
-  if any(m != "dense" for m in methods) and not sparsities:
-    raise StudyError("a study of sparse methods needs --sparsities")
   for s in sparsities:
     if not 0.0 < s < 1.0:
-      raise StudyError(f"sparsities must be in (0, 1), got {s}")
+      raise StudyError(f"sparsities must be in (0, 1), got {s:g}")
+  sparsities = sorted(_merged([float(s) for s in sparsities], "sparsities",
+                              notes))
+  for a, b in zip(sparsities, sparsities[1:]):
+    if b - a < SPARSITY_RESOLUTION or f"{a:g}" == f"{b:g}":
+      raise StudyError(f"sparsities {a:g} and {b:g} differ by {b - a:.2g}, "
+                       f"less than {SPARSITY_RESOLUTION:g}: no run tells "
+                       "them apart; keep one")
+  seeds = _merged([int(s) for s in seeds], "seeds", notes)
+  unstructured = [m for m in methods
+                  if m != "dense" and structure_sparsity(m) is None]
+  if unstructured and not sparsities:
+    raise StudyError("a study of sparse methods needs --sparsities")
+  if notes is not None and sparsities and any(
+      structure_sparsity(m) is not None for m in methods):
+    notes.append("N:M methods run once, at their own sparsity 1 - N/M")
   runs = []
   for method in methods:
-    for sparsity in ([0.0] if method == "dense" else sparsities):
+    own = structure_sparsity(method)
+    if method == "dense":
+      grid = [0.0]
+    elif own is not None:
+      grid = [own]
+    else:
+      grid = sparsities
+    for sparsity in grid:
       for seed in seeds:
         runs.append(Run(method, float(sparsity), int(seed)))
+  if base_config is not None:
+    _check_distinct_methods(base_config, methods)
   return runs
+
+
+def _check_distinct_methods(base_config, methods: Sequence[str]) -> None:
+  """Refuses two methods whose runs have the same config."""
+  from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  seen = {}
+  for method in methods:
+    sparsity = structure_sparsity(method) or 0.5
+    record = json.dumps(checkpoints.config_record(run_config(
+        base_config, Run(method, 0.0 if method == "dense" else sparsity, 0))),
+                        sort_keys=True)
+    if record in seen:
+      raise StudyError(f"methods {seen[record]} and {method} run the same "
+                       "config on this base config; keep one")
+    seen[record] = method
 
 
 def run_dir(workdir: str, run: Run) -> str:
@@ -141,12 +239,55 @@ def run_config(base_config, run: Run):
   return config
 
 
+SUMMARY_FIELDS = ("eval_accuracy", "sparsity", "kept_params", "sparse_macs",
+                  "dense_macs", "wall_time_s", "steps")
+
+
 def read_summary(directory: str) -> Optional[Dict[str, Any]]:
+  """The run's `summary.json`, or None when it has none.
+
+  Raises:
+    ValueError: the file is damaged (not JSON, or without a figure a study
+      reads).
+  """
   path = os.path.join(directory, "summary.json")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} cannot be read: {e}") from None
+  if not isinstance(summary, dict):
+    raise ValueError(f"{path} holds no summary")
+  missing = [k for k in SUMMARY_FIELDS if k not in summary]
+  if missing:
+    raise ValueError(f"{path} lacks {', '.join(missing)}")
+  return summary
+
+
+def _summary_or_aside(directory: str, progress) -> Optional[Dict[str, Any]]:
+  """`read_summary`, a damaged file renamed `summary.json.damaged` (the
+  run is then redone from its checkpoints)."""
+  try:
+    return read_summary(directory)
+  except ValueError as e:
+    path = os.path.join(directory, "summary.json")
+    os.replace(path, path + ".damaged")
+    progress(f"{e}; set aside as {path}.damaged, the run is redone")
+    return None
+
+
+def _recorded_config_is(directory: str, config) -> bool:
+  """Whether the run's `config.json` records `config`'s trajectory."""
+  from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    with open(os.path.join(directory, checkpoints.CONFIG_FILE)) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return not checkpoints.config_changes(recorded,
+                                        checkpoints.config_record(config))
 
 
 def _row(run: Run, summary: Optional[Dict[str, Any]], status: str):
@@ -202,11 +343,14 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
   for i, run in enumerate(runs):
     directory = run_dir(workdir, run)
     config = run_config(base_config, run)
-    summary = read_summary(directory)
+    summary = _summary_or_aside(directory, progress)
     # A summary of an earlier release (the masks of a refresh after the
-    # last step, no "masks" field) is never read back as this one's.
+    # last step, no "masks" field), or of another config, is never read
+    # back as this one's (the harness then refuses the workdir's
+    # checkpoints: the run fails, naming why).
     done = (summary is not None and summary.get("masks") == "trained" and
-            summary.get("steps") == total_steps(run))
+            summary.get("steps") == total_steps(run) and
+            _recorded_config_is(directory, config))
     status = "read back"
     if not done:
       progress(f"[{i + 1}/{len(runs)}] {run.method} sparsity "
@@ -226,7 +370,8 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
       trained += 1
     rows.append(_row(run, summary, status))
     left = sum(1 for r in runs[i + 1:]
-               if read_summary(run_dir(workdir, r)) is None)
+               if not os.path.exists(os.path.join(run_dir(workdir, r),
+                                                  "summary.json")))
     eta = (f", study ETA {_duration(spent / trained * left)}"
            if trained and left else "")
     outcome = (f"eval accuracy {summary['eval_accuracy']:.4f}, sparsity "
@@ -242,13 +387,124 @@ def _duration(seconds: float) -> str:
           else f"{seconds // 60}m{seconds % 60:02d}s")
 
 
+def write_atomically(path: str, text: str) -> None:
+  """Writes `path` through `path.tmp`; on failure the tmp file is removed
+  and StudyError (exit 4) raised, `path` left as it was."""
+  try:
+    with open(path + ".tmp", "w", newline="") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    try:
+      os.remove(path + ".tmp")
+    except OSError:
+      pass
+    raise StudyError(f"cannot write {path}: {e.strerror or e}",
+                     EXIT_IO) from None
+
+
 def write_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-  with open(path + ".tmp", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: row.get(k, "") for k in RESULT_FIELDS})
-  os.replace(path + ".tmp", path)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS)
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: row.get(k, "") for k in RESULT_FIELDS})
+  write_atomically(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------
+# The study's workdir: one configuration, one writer.
+
+
+class StudyWorkdir:
+  """Holds a study's workdir for the study's lifetime (a context manager).
+
+  On entry: the directory is created, `study.lock` locked (a second study
+  on it is refused), and `study.json` compared with this study's base
+  config (another config is refused, naming the changed fields) or written.
+  The grid may change between invocations (more seeds, more methods).
+
+  Raises (on entry):
+    StudyError: code 2 for a workdir that is a file, busy, or of another
+      config; 4 when it cannot be created or written.
+  """
+
+  def __init__(self, path: str, base_config, grid: Dict[str, Any]):
+    self.path = path
+    self.base_config = base_config
+    self.grid = grid
+    self._fd = None
+
+  def __enter__(self):
+    from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise StudyError(f"--workdir {self.path} is a file, not a directory")
+    created = not os.path.exists(self.path)
+    try:
+      os.makedirs(self.path, exist_ok=True)
+      self._fd = os.open(os.path.join(self.path, LOCK_FILE),
+                         os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise StudyError(f"cannot write the study's workdir {self.path}: "
+                       f"{e.strerror or e}", EXIT_IO) from None
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.read(self._fd, 512).decode(errors="replace").strip()
+      os.close(self._fd)
+      self._fd = None
+      raise StudyError(f"study workdir {self.path} is in use by another "
+                       f"study ({holder or 'holder unknown'}); wait for it "
+                       "or use another --workdir") from None
+    try:
+      os.ftruncate(self._fd, 0)
+      os.write(self._fd, f"pid {os.getpid()}\n".encode())
+      record = checkpoints.config_record(self.base_config)
+      path = os.path.join(self.path, STUDY_FILE)
+      if os.path.exists(path):
+        try:
+          with open(path) as f:
+            recorded = json.load(f)["base_config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+          raise StudyError(f"cannot read {path} ({e}); it records the "
+                           "study's base config") from None
+        changes = checkpoints.config_changes(recorded, record)
+        if changes:
+          listed = ", ".join(f"{k} ({old!r} -> {new!r})"
+                             for k, old, new in changes)
+          raise StudyError(
+              f"study workdir {self.path} holds a study of another base "
+              f"config: changed {listed}; use another --workdir, or the "
+              f"recorded values (in {path})")
+      write_atomically(path, json.dumps(
+          {"base_config": record, "grid": self.grid}, indent=2,
+          sort_keys=True) + "\n")
+    except BaseException:
+      self.__exit__(None, None, None)
+      if created:
+        _remove_if_empty_of_runs(self.path)
+      raise
+    return self
+
+  def __exit__(self, *exc):
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+    return False
+
+
+def _remove_if_empty_of_runs(path: str) -> None:
+  """Removes a study workdir this invocation created and left runless."""
+  for name in (LOCK_FILE, STUDY_FILE, STUDY_FILE + ".tmp"):
+    try:
+      os.remove(os.path.join(path, name))
+    except OSError:
+      pass
+  try:
+    os.rmdir(path)
+  except OSError:
+    pass
 
 
 def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
@@ -281,9 +537,10 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
 
 
 def markdown(rows: Sequence[Dict[str, Any]], title: str,
-             command: str, image_prefix: str = "") -> str:
+             command: str, image_prefix: str = "",
+             plots: Sequence[str] = PLOTS) -> str:
   """`results.md`: the command, mean ± std accuracy per method and sparsity,
-  the per-run figures that matter, and the plots."""
+  the per-run figures that matter, and the plots (file names)."""
   stats = aggregate(rows)
   methods = list(dict.fromkeys(r["method"] for r in rows))
   sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
@@ -322,7 +579,7 @@ def markdown(rows: Sequence[Dict[str, Any]], title: str,
     lines += ["", "Failed runs:", ""] + [
         f"- {r['method']} sparsity {r['sparsity']:g} seed {r['seed']}: "
         f"{r['status']}" for r in failed]
-  lines += [""] + [f"![{name[:-4]}]({image_prefix}{name})" for name in PLOTS]
+  lines += [""] + [f"![{name[:-4]}]({image_prefix}{name})" for name in plots]
   return "\n".join(lines) + "\n"
 
 
@@ -461,10 +718,24 @@ def layer_table(workdir: str, runs: Sequence[Run], sparsity: float
       continue
     if run.method in out:
       continue
-    summary = read_summary(run_dir(workdir, run))
+    try:
+      summary = read_summary(run_dir(workdir, run))
+    except ValueError:
+      summary = None
     if summary and "layers" in summary:
       out[run.method] = summary["layers"]
   return out
+
+
+SECTION_NAME = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
+
+
+def check_section(name: str) -> None:
+  """Refuses a section name that is not a plain name (it names files beside
+  the document and an HTML comment)."""
+  if not SECTION_NAME.fullmatch(name):
+    raise StudyError(f"--section {name!r}: use letters, digits, '_' and "
+                     "single '-' only")
 
 
 def replace_section(document: str, name: str, text: str) -> str:

@@ -340,3 +340,18 @@ def test_digits_validation_is_held_out_of_training():
   # Stratified: 30 of each class (the 1500 training digits are ~150 each).
   counts = np.bincount(digits.load_split("test", 300).labels, minlength=10)
   assert counts.sum() == 300 and counts.min() >= 29 and counts.max() <= 31
+
+
+def test_tiny_validation_splits_are_refused_or_warned(caplog):
+  from optg_jax.data import common  # pylint: disable=g-import-not-at-top
+  labels = np.repeat(np.arange(10), 100)
+  split = (np.zeros((1000, 2, 2, 1), np.float32), labels)
+  with pytest.raises(data.DatasetError, match="validation_size 1 holds out "
+                     "fewer images than the 10 classes"):
+    common.hold_out(split, 1)
+  with caplog.at_level("WARNING"):
+    (train, _), (images, held_out) = common.hold_out(split, 20)
+  assert len(held_out) == 20 and len(train) == 980
+  assert np.bincount(held_out, minlength=10).tolist() == [2] * 10
+  assert "Evaluating on 20 held-out images: one image is 5 points" in (
+      caplog.text)

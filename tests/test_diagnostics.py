@@ -1,6 +1,7 @@
 """Refresh statistics (optg_jax/diagnostics.py) and launch/diagnose.py."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,3 +63,25 @@ def test_diagnose_writes_a_record_per_refresh(tmp_path):
     total = sum(l["total"] for l in r["layers"].values())
     assert r["sparsity"] == pytest.approx(1 - kept / total)
   assert "## Refreshes at a glance" in (out / "refreshes.md").read_text()
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--record_every=0"], "--record_every must be >= 1, got 0", 2),
+    (["--output=FILE"], "--output FILE is a file; name a directory", 2),
+    (["--output=FILE/sub"], "--output FILE/sub: FILE is a file", 2),
+])
+def test_diagnose_bad_flags_are_one_line_before_training(tmp_path, args,
+                                                         message, code):
+  existing = tmp_path / "existing"
+  existing.write_text("kept\n")
+  args = [a.replace("FILE", str(existing)) for a in args]
+  if not any(a.startswith("--output") for a in args):
+    args.append(f"--output={tmp_path / 'out'}")
+  result = subprocess.run(
+      [sys.executable, "launch/diagnose.py", "--config=configs/quickstart.py",
+       *args], cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == code, result.stderr
+  assert result.stderr.splitlines() == [
+      "error: " + message.replace("FILE", str(existing))]
+  assert sorted(os.listdir(tmp_path)) == ["existing"]
+  assert existing.read_text() == "kept\n"

@@ -649,6 +649,33 @@ def test_launch_export_of_a_run(tmp_path):
   kept = sum(int(m.sum()) for m in jax.tree.leaves(masks))
   assert kept == summary["kept_params"]
   assert summary["sparsity"] == pytest.approx(0.7993, abs=1e-4)
+  assert optg.sparse_metadata(output) == {
+      "workdir": workdir, "step": 69, "total_steps": 69, "finished": True,
+      "masks": "trained"}
+
+  # An existing output is refused unless --overwrite; it stays as it was.
+  before = output.read_bytes()
+  result = run_export(f"--workdir={workdir}", f"--output={output}")
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      f"error: --output {output} exists; pass --overwrite to replace it, or "
+      "name another file"]
+  assert output.read_bytes() == before
+  result = run_export(f"--workdir={workdir}", f"--output={output}",
+                      "--overwrite")
+  assert result.returncode == 0, result.stderr
+  # An edited config.json is named as such, not blamed on the checkpoint.
+  record = json.load(open(os.path.join(workdir, "config.json")))
+  record["learning_rate"] = 0.5
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(record, f)
+  other = tmp_path / "other.npz"
+  result = run_export(f"--workdir={workdir}", f"--output={other}")
+  assert result.returncode == 2
+  assert len(result.stderr.splitlines()) == 1
+  assert "learning_rate" in result.stderr
+  assert "config.json edited after the run?" in result.stderr
+  assert not other.exists()
 
 
 @pytest.mark.long
@@ -662,10 +689,20 @@ def test_launch_export_keeps_batch_statistics(tmp_path):
                    jax.device_get(run.initial_state()))
   checkpoints.write_config_record(workdir, config)
   output = tmp_path / "model.npz"
+  # Step 0 of 69: an unfinished run, exported only when asked for.
   result = run_export(f"--workdir={workdir}", f"--output={output}",
                       "--structure=2:4")
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      f"error: the run in {workdir} is unfinished: its latest checkpoint is "
+      "step 0 of 69; finish it (run its training command again), or pass "
+      "--allow_unfinished to export step 0, labelled unfinished in the file"]
+  assert not output.exists()
+  result = run_export(f"--workdir={workdir}", f"--output={output}",
+                      "--structure=2:4", "--allow_unfinished")
   assert result.returncode == 0, result.stderr
   assert "Exported step 0" in result.stdout
+  assert optg.sparse_metadata(output)["finished"] is False
   exported_matches_checkpoint(config, workdir, output)
   assert set(layouts(output).values()) == {"dense"}
   assert manifest_of(output)["tree"]["keys"] == ["params", "batch_stats"]

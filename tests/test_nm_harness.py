@@ -61,3 +61,18 @@ def test_quickstart_with_2_4_structure(tmp_path):
   assert summary["layers"]["conv_init/kernel"]["kept"] == 144
   assert "N:M 2:4 on 21 layers; not N:M: conv_init/kernel" in result.stderr
   assert "N:M 2:4 on 21 layers" in (workdir / "sparsity.txt").read_text()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    # A floor N:M cannot keep was silently ignored.
+    (dict(structure="2:4", min_kept_per_unit=3), "min_kept_per_unit=3 cannot "
+     "be kept with structure 2:4: N:M keeps 2 of every 4 inputs"),
+    # ResNet-20's kernels have 3, 16, 32 or 64 inputs: no group of 3.
+    (dict(structure="2:3"), "structure 2:3: no prunable kernel of "
+     "resnet20_cifar has a reduction axis"),
+])
+def test_nm_configs_that_cannot_run_are_refused(tmp_path, overrides, match):
+  workdir = tmp_path / "w"
+  with pytest.raises(train.ConfigError, match=match):
+    train.train_and_evaluate(runs.tiny_config(**overrides), str(workdir))
+  assert not workdir.exists()

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import warnings
@@ -44,6 +45,183 @@ def test_plan_runs_dense_once_per_seed():
     study.plan(["optg"], [1.0], [0])
 
 
+def test_the_grid_is_canonical():
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  # Repeated sparsities and seeds run once (and say so): n counts runs.
+  notes = []
+  plan = study.plan(["optg"], [0.9, 0.9], [0, 0], notes=notes)
+  assert plan == [study.Run("optg", 0.9, 0)]
+  assert notes == ["sparsities repeat (0.9, 0.9): each runs once",
+                   "seeds repeat (0, 0): each runs once"]
+  # Two sparsities no run can tell apart (they shared a directory).
+  with pytest.raises(study.StudyError,
+                     match="sparsities 0.9 and 0.9 differ by 1e-07"):
+    study.plan(["optg"], [0.9, 0.9000001], [0])
+  with pytest.raises(study.StudyError, match="0.9 and 0.9005"):
+    study.plan(["optg"], [0.9005, 0.9], [0])
+  # N:M methods run once, at their own sparsity.
+  notes = []
+  plan = study.plan(["optg+2:4", "magnitude+1:4", "optg"], [0.9, 0.95],
+                    [0], notes=notes)
+  assert plan == [study.Run("optg+2:4", 0.5, 0),
+                  study.Run("magnitude+1:4", 0.75, 0),
+                  study.Run("optg", 0.9, 0), study.Run("optg", 0.95, 0)]
+  assert notes == ["N:M methods run once, at their own sparsity 1 - N/M"]
+  assert study.plan(["optg+2:4"], [], [0, 1]) == [
+      study.Run("optg+2:4", 0.5, 0), study.Run("optg+2:4", 0.5, 1)]
+  # Two names of one config on this base config (it refreshes every step).
+  config = quickstart.get_config()
+  assert config.update_every_steps == 1
+  with pytest.raises(study.StudyError, match="methods optg and optg\\+every1 "
+                     "run the same config"):
+    study.plan(["optg", "optg+every1"], [0.9], [0], config)
+  assert len(study.plan(["optg", "optg+epoch"], [0.9], [0], config)) == 2
+
+
+def _fake_summary(config, directory, accuracy=0.5, steps=10):
+  from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  checkpoints.write_config_record(directory, config)
+  summary = {"eval_accuracy": accuracy, "sparsity": config.sparsity,
+             "kept_params": 1, "sparse_macs": 2, "dense_macs": 3,
+             "wall_time_s": 1.0, "steps": steps, "masks": "trained"}
+  with open(os.path.join(directory, "summary.json"), "w") as f:
+    json.dump(summary, f)
+  return summary
+
+
+def test_run_study_reads_back_only_its_config_and_redoes_damaged_summaries(
+    tmp_path):
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  plan = study.plan(["optg"], [0.9, 0.99], [0])
+  calls = []
+
+  def train_fn(config, directory):
+    calls.append(directory)
+    return _fake_summary(config, directory, accuracy=0.6)
+
+  base = quickstart.get_config()
+  lines = []
+  run = lambda config: study.run_study(  # pylint: disable=g-long-lambda
+      config, plan, str(tmp_path), train_fn, lambda r: 10,
+      progress=lines.append)
+  assert [r["status"] for r in run(base)] == ["trained"] * 2
+  assert [r["status"] for r in run(base)] == ["read back"] * 2
+  assert len(calls) == 2
+  # Damaged summaries (truncated, empty, a figure missing): set aside, the
+  # run redone, never a traceback.
+  first = study.run_dir(str(tmp_path), plan[0])
+  path = os.path.join(first, "summary.json")
+  for damage in ('{"eval_accuracy": 0.', "",
+                 json.dumps({"sparsity": 0.9, "steps": 10})):
+    with open(path, "w") as f:
+      f.write(damage)
+    lines.clear()
+    rows = run(base)
+    assert [r["status"] for r in rows] == ["trained", "read back"]
+    assert lines[0].startswith(f"{path} ")
+    assert lines[0].endswith(f"set aside as {path}.damaged, the run is "
+                             "redone")
+    assert os.path.exists(path + ".damaged")
+  assert len(calls) == 5
+  # A run of another config (its recorded config.json) is never read back.
+  changed = quickstart.get_config()
+  changed.learning_rate = 0.01
+  assert [r["status"] for r in run(changed)] == ["trained"] * 2
+  assert len(calls) == 7
+
+
+def test_a_study_workdir_holds_one_config_and_one_study(tmp_path):
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "study")
+  config = quickstart.get_config()
+  grid = {"methods": ["optg"], "sparsities": [0.9], "seeds": [0]}
+  with study.StudyWorkdir(workdir, config, grid):
+    # A second study on it, while the first runs: refused.
+    with pytest.raises(study.StudyError, match="is in use by another study "
+                       f"\\(pid {os.getpid()}\\)") as busy:
+      with study.StudyWorkdir(workdir, config, grid):
+        pass
+    assert busy.value.code == 2
+  record = json.load(open(os.path.join(workdir, study.STUDY_FILE)))
+  assert record["base_config"]["model"] == config.model
+  assert record["grid"] == grid
+  # Another base config: refused, naming the changed fields.
+  changed = quickstart.get_config()
+  changed.model = "resnet32_cifar"
+  changed.learning_rate = 0.01
+  with pytest.raises(study.StudyError) as other:
+    with study.StudyWorkdir(workdir, changed, grid):
+      pass
+  assert str(other.value).startswith(
+      f"study workdir {workdir} holds a study of another base config: "
+      f"changed learning_rate ({config.learning_rate!r} -> 0.01), model "
+      "('resnet20_cifar' -> 'resnet32_cifar')")
+  # The same config with more seeds: accepted, the grid recorded.
+  more = dict(grid, seeds=[0, 1])
+  with study.StudyWorkdir(workdir, config, more):
+    pass
+  assert json.load(open(os.path.join(workdir, study.STUDY_FILE)))[
+      "grid"] == more
+  # A file where the workdir should be; a workdir that cannot be written.
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(study.StudyError, match="is a file"):
+    with study.StudyWorkdir(str(tmp_path / "file"), config, grid):
+      pass
+  if os.geteuid() != 0:  # Root writes anywhere.
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(study.StudyError) as ro:
+      with study.StudyWorkdir(str(tmp_path / "ro" / "s"), config, grid):
+        pass
+    assert ro.value.code == 4
+
+
+def test_results_that_cannot_be_written_leave_no_tmp_file(tmp_path,
+                                                         monkeypatch):
+  path = str(tmp_path / "results.csv")
+  (tmp_path / "results.csv").write_text("good\n")
+  real_replace = os.replace
+
+  def full(src, dst):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", full)
+  with pytest.raises(study.StudyError, match="No space left") as e:
+    study.write_csv(path, [])
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert e.value.code == 4
+  assert os.listdir(tmp_path) == ["results.csv"]
+  assert (tmp_path / "results.csv").read_text() == "good\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sparsities=abc"], "--sparsities must be a list of numbers, got abc"),
+    (["--sparsities=0.9,0.9000001"], "differ by 1e-07"),
+    (["--doc=DOC", "--section=a/b"], "--section 'a/b': use letters"),
+    (["--doc=DOC", "--section=x-->y"], "--section 'x-->y': use letters"),
+    (["--doc=TMP", "--section=s"], "is a directory; name a Markdown file"),
+    (["--workdir=FILE"], "is a file, not a directory"),
+])
+def test_study_flag_errors_are_one_line_before_anything_runs(
+    tmp_path, args, message):
+  (tmp_path / "file").write_text("x")
+  args = [a.replace("DOC", str(tmp_path / "doc.md"))
+          .replace("TMP", str(tmp_path)).replace("FILE",
+                                                 str(tmp_path / "file"))
+          for a in args]
+  if not any(a.startswith("--workdir") for a in args):
+    args.append(f"--workdir={tmp_path / 's'}")
+  result = subprocess.run(
+      [sys.executable, "launch/study.py", "--config=configs/quickstart.py",
+       "--methods=optg"] + args,
+      cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.splitlines() == [
+      l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(result.stderr.splitlines()) == 1 and message in result.stderr
+  assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_plots_of_a_single_sparsity_and_a_single_point_raise_no_warning(
     tmp_path):
   row = dict(method="optg", sparsity=0.9, seed=0, eval_accuracy=0.8,
@@ -80,7 +258,7 @@ def test_replace_section_keeps_the_rest():
       "<!-- study:b -->\nx\n<!-- /study:b -->\n")
 
 
-def _study_command(workdir, data_dir, doc=None):
+def _study_command(workdir, data_dir, doc=None, popen=False):
   command = [
       sys.executable, "launch/study.py", "--config=configs/fashion_mnist.py",
       "--methods=optg+every2,dense", "--sparsities=0.9", "--seeds=0",
@@ -91,6 +269,9 @@ def _study_command(workdir, data_dir, doc=None):
       "--config.log_every_steps=3", "--config.checkpoint_every_steps=4"]
   if doc:
     command += [f"--doc={doc}", "--section=tiny"]
+  if popen:
+    return subprocess.Popen(command, cwd=runs.ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
   return subprocess.run(command, cwd=runs.ROOT, capture_output=True,
                         text=True, timeout=600)
 
@@ -151,6 +332,39 @@ def test_two_run_study_end_to_end(tmp_path):
   with open(workdir / "results.csv") as f:
     assert [r["eval_accuracy"] for r in csv.DictReader(f)] == [
         r["eval_accuracy"] for r in rows]
+
+  # A run that fails (its config.json edited: the harness refuses its
+  # checkpoints): exit 1, one error line, the good results kept.
+  results = {name: (workdir / name).read_bytes()
+             for name in ("results.csv", "results.md")}
+  record_path = (workdir / "runs" / "dense" / "sparsity=0" / "seed=0" /
+                 "config.json")
+  record = json.loads(record_path.read_text())
+  record["learning_rate"] = 0.5
+  record_path.write_text(json.dumps(record))
+  failed = _study_command(workdir, data_dir)
+  assert failed.returncode == 1, failed.stderr[-3000:]
+  errors = [l for l in failed.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [
+      "error: 1 of 2 runs failed (first: dense sparsity 0 seed 0: "
+      "ConfigChanged: workdir " + str(record_path.parent) + " holds a run "
+      "of another configuration: changed learning_rate (0.5 -> 0.01); use a "
+      "new workdir, or the recorded values (in " + str(record_path) +
+      ") to continue it); the results files are left as they were"]
+  for name, content in results.items():
+    assert (workdir / name).read_bytes() == content
+
+  # Ctrl-C while a run trains: one line, exit 130; nothing else written.
+  interrupted = tmp_path / "interrupted"
+  process = _study_command(interrupted, data_dir, popen=True)
+  assert process.stdout.readline().startswith("[1/2] optg+every2")
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 130, err[-3000:]
+  assert [l for l in err.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", l)
+          ] == ["interrupted: the runs that finished are kept; the same "
+                "command resumes the study"]
+  assert not (interrupted / "results.csv").exists()
 
 
 def test_study_bad_method_is_one_error_line(tmp_path):
