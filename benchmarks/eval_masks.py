@@ -50,8 +50,8 @@ def main():
   config.keep_checkpoints = config.num_epochs + 1
   summary = train.train_and_evaluate(config, workdir)
 
-  run = train._Run(config)  # pylint: disable=protected-access
-  _, p_eval = run.pmapped_steps()
+  run = train.Run(config)
+  _, p_eval = run.compiled_steps()
   manager = train.checkpoint_manager(workdir, config)
   template = run.initial_state()
   trained = {r["step"]: r for r in summary["evaluations"]
@@ -68,8 +68,8 @@ def main():
     state = checkpoints.restore(manager, step, template)
     state = train.replicate(jax.device_get(state))
     refreshed = train.evaluate(p_eval, state,
-                               train.current_masks(config, state.opt_state),
-                               config, jax.local_device_count())
+                               train.current_masks(True, state.opt_state),
+                               config, run.parallel)
     t = trained[step]
     gaps.append(t["eval_accuracy"] - refreshed["eval_accuracy"])
     print(f"| {step // spe} | {t['eval_sparsity']:.4f} | "

@@ -43,9 +43,9 @@ def build(method, args):
   # 1,000 steps), draws the last step's masks; the timed steps never reach
   # it.
   config.update_every_steps = config.num_epochs * 1000 - 1
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   state = train.replicate(run.initial_state())
-  p_train, _ = run.pmapped_steps()
+  p_train, _ = run.compiled_steps()
   return run, state, p_train
 
 

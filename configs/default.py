@@ -65,6 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4  # On all weights.
   config.label_smoothing = 0.1
   config.half_precision = False
+  # How the steps run over the devices: "pmap" (a replica of the state on
+  # every local device, the batch split across them) or "jit" (one program
+  # over a mesh of every process's devices, the state as global arrays).
+  # README, "pmap or jit".
+  config.parallelism = "pmap"
 
   # Bookkeeping.
   config.seed = 0

@@ -21,6 +21,7 @@ that cannot run) are one `error: ...` line and exit code 2 before any
 training; an `--output` that cannot be created or written, exit code 4.
 """
 
+import functools
 import json
 import os
 import sys
@@ -153,7 +154,6 @@ def main(argv):
   console.import_tensorflow(console.quiet())
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   import optg_jax as optg  # pylint: disable=g-import-not-at-top
   from optg_jax import data  # pylint: disable=g-import-not-at-top
   from optg_jax import diagnostics  # pylint: disable=g-import-not-at-top
@@ -161,7 +161,7 @@ def main(argv):
 
   config = FLAGS.config
   try:
-    run = train._Run(config)  # pylint: disable=protected-access
+    run = train.Run(config)
   except (train.ConfigError, data.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -173,47 +173,29 @@ def main(argv):
   every = run.update_every
   state = run.initial_state()
 
+  # The harness's own steps, on one device (jit, the batch whole).
+  train_step = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, schedules=run.schedules,
+      label_smoothing=config.label_smoothing, sparse=True, axis_name=None,
+      return_grads=True))
+  eval_step = jax.jit(functools.partial(train.eval_step, model=model,
+                                        axis_name=None))
+
   @jax.jit
   def step(state, batch):
     masks = optg.get_masks(state.opt_state)
-    masked = optg.apply_masks(state.params, masks)
-
-    def loss_fn(masked):
-      logits, new_model_state = model.apply(
-          {"params": masked, "batch_stats": state.batch_stats},
-          batch["image"], train=True, mutable=["batch_stats"])
-      loss = train.cross_entropy_loss(logits, batch["label"],
-                                      config.label_smoothing)
-      return loss, (new_model_state, logits)
-
-    (_, (model_state, logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(masked)
+    new_state, metrics, grads = train_step(state, batch)
+    # The scores' criterion this step: G * W, G of the masked weights.
     criterion = jax.tree.map(
         lambda g, w, m: None if m is None else g * w, grads, state.params,
         masks, is_leaf=lambda x: x is None)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params,
-                                                        updates),
-        batch_stats=model_state["batch_stats"], opt_state=opt_state)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return new_state, criterion, accuracy
-
-  @jax.jit
-  def evaluate_batch(state, masks, batch):
-    masked = optg.apply_masks(state.params, masks)
-    logits = model.apply({"params": masked,
-                          "batch_stats": state.batch_stats}, batch["image"],
-                         train=False)
-    return jnp.sum((jnp.argmax(logits, -1) == batch["label"]) *
-                   batch["mask"]), jnp.sum(batch["mask"])
+    return new_state, criterion, metrics["accuracy"]
 
   def evaluate(state, masks):
     hits = count = 0.0
     for batch in data.eval_iterator(config, local_device_count=1):
-      h, c = evaluate_batch(state, masks,
-                            jax.tree.map(lambda x: x[0], batch))
-      hits, count = hits + float(h), count + float(c)
+      sums = eval_step(state, masks, jax.tree.map(lambda x: x[0], batch))
+      hits, count = hits + float(sums["top1"]), count + float(sums["count"])
     return hits / count
 
   batches = data.train_iterator(config, local_device_count=1)

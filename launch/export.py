@@ -128,7 +128,12 @@ def _restored_run(workdir: str, verbose: bool = False):
   path = os.path.join(workdir, checkpoints.CONFIG_FILE)
   try:
     with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+      recorded = json.load(f)
+    # A field added since the run was recorded takes its default.
+    from configs import default  # pylint: disable=g-import-not-at-top
+    for key, value in default.get_config().to_dict().items():
+      recorded.setdefault(key, value)
+    config = ml_collections.ConfigDict(recorded)
   except (OSError, ValueError) as e:
     raise ExportError(f"cannot read {path}: {e}") from None
   try:
@@ -136,14 +141,14 @@ def _restored_run(workdir: str, verbose: bool = False):
     newest = max(manager.all_steps(), default=None)
     if newest is not None:
       checkpoints.check_saved_by(manager, newest, config)
-    run = train._Run(config)  # pylint: disable=protected-access
+    run = train.Run(config)
     state = train.restore_latest(manager, run.initial_state(), config=config)
   except (errors.ConfigError, data.DatasetError,
           errors.CheckpointError) as e:
     raise ExportError(str(e), errors.exit_code(e)) from None
   state = jax.device_get(state)
   # The model the run trained: the masks its last step trained with.
-  masks = jax.device_get(train.shipped_masks(config, state.opt_state))
+  masks = jax.device_get(train.shipped_masks(run.sparse, state.opt_state))
   return state, masks, run.total_steps
 
 

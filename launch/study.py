@@ -170,7 +170,7 @@ def _study(verbose):
   from optg_jax import train  # pylint: disable=g-import-not-at-top
   try:
     # Every run's config is checked before anything is written.
-    checked = {run: train._Run(study.run_config(config, run))  # pylint: disable=protected-access
+    checked = {run: train.Run(study.run_config(config, run))
                for run in runs}
   except (train.ConfigError, data.DatasetError) as e:
     raise study.StudyError(str(e)) from None

@@ -25,17 +25,17 @@ from optg_jax.schedules import sigmoid_sparsity_schedule
 from optg_jax.schedules import supermask_learning_rate
 from optg_jax.schedules import TARGET_TOLERANCE
 from optg_jax.topk import topk_masks
-from optg_jax.transform import apply_masks
+from optg_jax.masks import apply_masks
 from optg_jax.transform import CRITERIA
 from optg_jax.transform import forced_count
-from optg_jax.transform import get_masks
-from optg_jax.transform import get_optg_state
+from optg_jax.masks import get_masks
+from optg_jax.masks import get_optg_state
 from optg_jax.transform import mask_transform
 from optg_jax.transform import OptGState
-from optg_jax.transform import path_to_str
+from optg_jax.tree import path_to_str
 from optg_jax.transform import SCORE_NORMALIZATIONS
 from optg_jax.transform import STATIC_ARGS
-from optg_jax.transform import trained_masks
+from optg_jax.masks import trained_masks
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Checkpoints of a training run and the workdir that holds them.
+"""Checkpoints of a training run and the record of its configuration.
 
 - Every checkpoint holds the state and, beside it in the same atomically
   renamed step directory, the SHA-256 of that state (`state_digest`).
@@ -6,24 +6,19 @@
   is finite; a checkpoint that fails either, or cannot be read at all, is
   skipped with a one-line warning, the previous one is tried, and the bad
   ones are moved to `WORKDIR/corrupted_checkpoints/` once a good one loads.
-- `Workdir` is one run's claim on its directory: a lock held by process 0
-  for the whole run (`fcntl.flock` on `WORKDIR/run.lock`, so a second run or
-  an `eval_only` on the same workdir stops at once, naming the holder), the
-  record of the run's configuration (`WORKDIR/config.json`, which a restart
-  may not change but for bookkeeping fields), and a check that the
-  directory is still the one the run started in.
+- `WORKDIR/config.json` records the run's configuration; a restart may not
+  change it but for bookkeeping fields. The workdir's lock is
+  `optg_jax.workdir.Workdir`.
 """
 
 import contextlib
-import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import logging as logging_lib
 import os
 import re
-import socket
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -38,7 +33,6 @@ from optg_jax.errors import CheckpointError
 from optg_jax.errors import ConfigChanged
 from optg_jax.errors import ConfigError
 from optg_jax.errors import OldCheckpoint
-from optg_jax.errors import WorkdirBusy
 from optg_jax.errors import WorkdirError
 
 STATE_ITEM = "state"
@@ -481,127 +475,41 @@ def write_config_record(workdir: str, config) -> None:
   os.replace(path + ".tmp", path)
 
 
-# ---------------------------------------------------------------------------
-# The workdir.
-
-
-def _agree(flag: bool) -> bool:
-  """True on every process if `flag` is true on any."""
-  if jax.process_count() == 1:
-    return flag
-  flags = multihost_utils.process_allgather(np.int32(flag))
-  return bool(np.any(flags))
-
-
 def describe_os_error(error: OSError) -> str:
   """`No space left on device: /path` from an OSError."""
   what = error.strerror or str(error) or type(error).__name__
   return f"{what}: {error.filename}" if error.filename else what
 
 
-class Workdir:
-  """One run's claim on its workdir: lock, config record, presence.
+def save_in_workdir(manager: ocp.CheckpointManager, host_state,
+                    config) -> None:
+  """Saves a run's host state with its digest (`save`), or raises
+  WorkdirError.
 
-  Use as `with Workdir(path).claim(config):`. Process 0 holds the lock; the
-  other processes learn whether it got it. Nothing is created before the
-  checks that can refuse the run have passed.
+  A save that fails on the filesystem (a full disk, a read-only or vanished
+  directory) removes its temporary directory and raises WorkdirError: the
+  checkpoints saved before stay complete and listed.
   """
-
-  def __init__(self, path: str):
-    self.path = os.path.abspath(path)
-    self._fd = None
-    self._identity = None
-
-  def check_usable(self) -> None:
-    """A path that is not a directory is bad input (exit 2)."""
-    if os.path.exists(self.path) and not os.path.isdir(self.path):
-      raise ConfigError(f"workdir {self.path} exists and is not a directory")
-    parent = os.path.dirname(self.path)
-    while parent and not os.path.exists(parent):
-      parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-      raise ConfigError(f"workdir {self.path}: {parent} is not a directory")
-
-  @contextlib.contextmanager
-  def claim(self, config, *, record: bool = True):
-    """Checks, locks and (with `record`) records the config; yields self.
-
-    Raises:
-      ConfigError: the path is a file.
-      ConfigChanged: the workdir holds a run of another configuration.
-      WorkdirBusy: another process holds the lock.
-      WorkdirError: the workdir cannot be created or written.
-    """
-    self.check_usable()
-    check_config_record(self.path, config)  # Reads only.
-    failure = None
+  start = time.time()
+  step = int(host_state.step)
+  try:
+    save(manager, host_state, config)
+  except OSError as e:
     if jax.process_index() == 0:
-      try:
-        self._lock()
-      except (WorkdirBusy, WorkdirError) as e:
-        failure = e
-    if _agree(failure is not None):
-      if failure is not None:
-        raise failure
-      raise WorkdirBusy(f"workdir {self.path}: process 0 could not lock it")
-    try:
-      check_config_record(self.path, config)  # Again, under the lock.
-      if record:
-        try:
-          write_config_record(self.path, config)
-        except OSError as e:
-          raise WorkdirError(f"cannot write to workdir {self.path}: "
-                             f"{describe_os_error(e)}") from None
-      stat = os.stat(self.path)
-      self._identity = (stat.st_dev, stat.st_ino)
-      yield self
-    finally:
-      self._unlock()
+      _remove_temporary(str(manager.directory), step)
+    raise WorkdirError(
+        f"cannot save the checkpoint of step {step} in {manager.directory}: "
+        f"{describe_os_error(e)}; the checkpoints saved before are intact"
+    ) from None
+  if jax.process_index() == 0:
+    logging.info("Saved the checkpoint of step %d in %s (%.1f s)", step,
+                 manager.directory, time.time() - start)
 
-  def _lock(self) -> None:
-    path = os.path.join(self.path, LOCK_FILE)
-    try:
-      os.makedirs(self.path, exist_ok=True)
-      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-      raise WorkdirError(f"cannot write to workdir {self.path}: "
-                         f"{describe_os_error(e)}") from None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        os.close(fd)
-        raise WorkdirError(f"cannot lock {path}: {describe_os_error(e)}"
-                           ) from None
-      holder = os.read(fd, 512).decode(errors="replace").strip()
-      os.close(fd)
-      raise WorkdirBusy(
-          f"workdir {self.path} is in use by another run "
-          f"({holder or 'holder unknown'}); wait for it to end or use "
-          "another workdir") from None
-    since = datetime.datetime.now().isoformat(timespec="seconds")
-    holder = f"host {socket.gethostname()}, pid {os.getpid()}, since {since}"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (holder + "\n").encode(), 0)
-    self._fd = fd
 
-  def _unlock(self) -> None:
-    if self._fd is not None:
-      fcntl.flock(self._fd, fcntl.LOCK_UN)
-      os.close(self._fd)
-      self._fd = None
-
-  def check_present(self, step: int) -> None:
-    """Stops the run (WorkdirError) if the workdir was deleted or moved.
-
-    Every process must call it at the same steps (they agree on the answer).
-    """
-    try:
-      stat = os.stat(self.path)
-      moved = (stat.st_dev, stat.st_ino) != self._identity
-    except OSError:
-      moved = True
-    if _agree(moved):
-      raise WorkdirError(
-          f"the workdir {self.path} vanished at step {step} (deleted, moved "
-          "or replaced); stopping, since nothing more can be saved there")
+def _remove_temporary(directory: str, step: int):
+  """Deletes what a failed save of `step` left (never a listed checkpoint)."""
+  if not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if name.startswith(f"{step}.") and "tmp" in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)

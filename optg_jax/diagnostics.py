@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
-from optg_jax.transform import path_to_str
+from optg_jax.tree import path_to_str
 
 PyTree = Any
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optg_jax import masks as masks_lib
 from optg_jax import transform
 
 PyTree = Any
@@ -83,7 +84,7 @@ def keep_sparse(inner: optax.GradientTransformation
   def init_fn(params):
     plain = transform.unwrap_nnx(params)
     inner_state = inner.init(params)
-    masks = transform.get_masks(inner_state)  # Checks the chain.
+    masks = masks_lib.get_masks(inner_state)  # Checks the chain.
     dense = jax.tree.map(lambda m, p: None if m is None else p, masks, plain,
                          is_leaf=_is_none)
     return KeepSparseState(dense=dense, inner=inner_state)
@@ -94,14 +95,14 @@ def keep_sparse(inner: optax.GradientTransformation
                        "update(updates, state, params)")
     updates, params = transform.unwrap_nnx(updates), transform.unwrap_nnx(
         params)
-    old_masks = transform.get_masks(state.inner)
+    old_masks = masks_lib.get_masks(state.inner)
     dense = jax.tree.map(
         lambda m, p, d: p if m is None else jnp.where(m, p, d),
         old_masks, params, state.dense, is_leaf=_is_none)
     inner_updates, inner_state = inner.update(updates, state.inner, dense,
                                               **extra_args)
     new_dense = optax.apply_updates(dense, inner_updates)
-    new_masks = transform.get_masks(inner_state)
+    new_masks = masks_lib.get_masks(inner_state)
 
     def sparse_update(old, new, p, u, w):
       if old is None:
@@ -150,7 +151,7 @@ def trained_params(params: PyTree, opt_state: PyTree) -> PyTree:
     ValueError: no `mask_transform` state, several, or not first in its
       chain; several `keep_sparse` states.
   """
-  masks = transform.trained_masks(opt_state)
+  masks = masks_lib.trained_masks(opt_state)
   wrappers = _keep_sparse_states(opt_state)
   if len(wrappers) > 1:
     raise ValueError(f"found {len(wrappers)} keep_sparse states in the "
@@ -158,10 +159,10 @@ def trained_params(params: PyTree, opt_state: PyTree) -> PyTree:
   if wrappers:
     # The weights kept now are the params; those the latest refresh pruned
     # hold zero there, and their values are in the wrapper's state.
-    in_force = transform.get_masks(opt_state)
+    in_force = masks_lib.get_masks(opt_state)
     values = jax.tree.map(
         lambda m, p, d: None if m is None else jnp.where(m, p, d),
         in_force, transform.unwrap_nnx(params),
         transform.unwrap_nnx(wrappers[0].dense), is_leaf=_is_none)
     params = transform.replace_values(params, values)
-  return transform.apply_masks(params, masks)
+  return masks_lib.apply_masks(params, masks)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optg_jax import topk
-from optg_jax import transform
+from optg_jax.tree import path_to_str
 
 PyTree = Any
 
@@ -259,7 +259,7 @@ def nm_masks(scores: PyTree, n: int, m: int, axis: Optional[int] = None,
   def one(key_path, leaf):
     if leaf is None:
       return None
-    path = transform.path_to_str(key_path)
+    path = path_to_str(key_path)
     shape = tuple(np.shape(leaf))
     leaf_axis = _leaf_axis(path, shape, axis)
     if shape[leaf_axis] % m:
@@ -316,7 +316,7 @@ def progressive_nm_masks(scores: PyTree, n: int, m: int, fraction,
     if leaf is None:
       grouped.append(None)
       continue
-    path = transform.path_to_str(key_path)
+    path = path_to_str(key_path)
     shape = tuple(np.shape(leaf))
     axis = _leaf_axis(path, shape, None)
     if shape[axis] % m:
@@ -386,7 +386,7 @@ def indivisible_leaves(tree: PyTree, m: int,
   for key_path, leaf in leaves:
     if leaf is None:
       continue
-    path = transform.path_to_str(key_path)
+    path = path_to_str(key_path)
     shape = tuple(np.shape(leaf))
     length = shape[_leaf_axis(path, shape, axis)]
     if length % m:

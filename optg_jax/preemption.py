@@ -11,8 +11,8 @@ import threading
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
+
+from optg_jax import multihost
 
 
 class Preempted(Exception):
@@ -64,5 +64,4 @@ class SigtermFlag:
       return self.received
     if not at_sync_point:
       return False
-    flags = multihost_utils.process_allgather(np.int32(self.received))
-    return bool(np.any(flags))
+    return multihost.any_process(self.received)

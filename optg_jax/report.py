@@ -11,8 +11,8 @@ from typing import Any, Dict
 import jax
 import numpy as np
 
-from optg_jax.transform import path_to_str
-from optg_jax.transform import unwrap_nnx
+from optg_jax.tree import path_to_str
+from optg_jax.tree import unwrap_nnx
 
 PyTree = Any
 

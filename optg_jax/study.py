@@ -48,15 +48,22 @@ import time
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
-import numpy as np
+# The tables, plots and document sections of a study's results.
+from optg_jax.study_report import aggregate  # pylint: disable=unused-import
+from optg_jax.study_report import EXIT_BAD_INPUT  # pylint: disable=unused-import
+from optg_jax.study_report import EXIT_IO
+from optg_jax.study_report import check_section  # pylint: disable=unused-import
+from optg_jax.study_report import markdown  # pylint: disable=unused-import
+from optg_jax.study_report import plot  # pylint: disable=unused-import
+from optg_jax.study_report import PLOTS  # pylint: disable=unused-import
+from optg_jax.study_report import replace_section  # pylint: disable=unused-import
+from optg_jax.study_report import StudyError
 
 BASE_METHODS = ("optg", "magnitude", "dense")
 RESULT_FIELDS = ("method", "sparsity", "seed", "eval_accuracy",
                  "actual_sparsity", "kept_params", "sparse_macs",
                  "dense_macs", "collapsed_layers", "dead_units",
                  "fatal_collapse", "wall_time_s", "steps", "status")
-PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_macs.png",
-         "layer_sparsity.png", "schedules.png")
 
 _MODIFIERS = (
     (re.compile(r"every(\d+)$"), lambda m: {"update_every_steps":
@@ -74,18 +81,6 @@ _MODIFIERS = (
 SPARSITY_RESOLUTION = 1e-3
 STUDY_FILE = "study.json"
 LOCK_FILE = "study.lock"
-EXIT_BAD_INPUT, EXIT_IO = 2, 4
-
-
-class StudyError(ValueError):
-  """A study's arguments or workdir are wrong; the message is one line.
-
-  `code`: the exit code of `launch/study.py` (2 bad input, 4 I/O).
-  """
-
-  def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
-    super().__init__(message)
-    self.code = code
 
 
 class Run(NamedTuple):
@@ -507,207 +502,6 @@ def _remove_if_empty_of_runs(path: str) -> None:
     pass
 
 
-def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
-  """Mean and std (ddof 0) over seeds per (method, sparsity), done runs only.
-
-  Returns:
-    `{(method, sparsity): {"n", "accuracy_mean", "accuracy_std",
-    "actual_sparsity", "sparse_macs", "fatal_runs", "collapsed_runs",
-    "wall_time_s"}}` in the order of `rows`.
-  """
-  groups: Dict[tuple, List[Dict[str, Any]]] = {}
-  for row in rows:
-    if "eval_accuracy" in row:
-      groups.setdefault((row["method"], row["sparsity"]), []).append(row)
-  out = {}
-  for key, group in groups.items():
-    acc = np.array([r["eval_accuracy"] for r in group], float)
-    out[key] = {
-        "n": len(group),
-        "accuracy_mean": float(acc.mean()),
-        "accuracy_std": float(acc.std()),
-        "actual_sparsity": float(np.mean([r["actual_sparsity"]
-                                          for r in group])),
-        "sparse_macs": float(np.mean([r["sparse_macs"] for r in group])),
-        "fatal_runs": sum(1 for r in group if r["fatal_collapse"]),
-        "collapsed_runs": sum(1 for r in group if r["collapsed_layers"]),
-        "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
-    }
-  return out
-
-
-def markdown(rows: Sequence[Dict[str, Any]], title: str,
-             command: str, image_prefix: str = "",
-             plots: Sequence[str] = PLOTS) -> str:
-  """`results.md`: the command, mean ± std accuracy per method and sparsity,
-  the per-run figures that matter, and the plots (file names)."""
-  stats = aggregate(rows)
-  methods = list(dict.fromkeys(r["method"] for r in rows))
-  sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
-  seeds = sorted({r["seed"] for r in rows})
-  lines = [f"## {title}", "", "Regenerate with:", "", "```bash", command,
-           "```", "",
-           f"Eval accuracy, mean ± std over seeds {seeds} (ddof 0); "
-           "`dense` has no sparsity.", ""]
-  lines.append("| method | " + " | ".join(f"{s:g}" for s in sparsities) +
-               " |")
-  lines.append("|---" * (len(sparsities) + 1) + "|")
-  for method in methods:
-    cells = []
-    for s in ([0.0] * len(sparsities) if method == "dense" else sparsities):
-      st = stats.get((method, s))
-      cells.append("—" if st is None else
-                   f"{100 * st['accuracy_mean']:.2f} ± "
-                   f"{100 * st['accuracy_std']:.2f}" +
-                   (f" (n={st['n']})" if st["n"] != len(seeds) else ""))
-    if method == "dense":
-      cells = [cells[0]] + [""] * (len(cells) - 1)
-    lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  lines += ["", "Per method and sparsity: actual sparsity, sparse MACs per "
-            "example, runs with a fatal collapse (a collapsed input layer or "
-            "classifier, or a class without weights) and with a collapsed "
-            "layer anywhere, and the mean wall time of a run.", "",
-            "| method | sparsity | actual | sparse MACs | fatal | collapsed "
-            "| wall s |", "|---|---|---|---|---|---|---|"]
-  for (method, s), st in stats.items():
-    lines.append(f"| {method} | {s:g} | {st['actual_sparsity']:.4f} | "
-                 f"{st['sparse_macs']:,.0f} | {st['fatal_runs']}/{st['n']} | "
-                 f"{st['collapsed_runs']}/{st['n']} | "
-                 f"{st['wall_time_s']:.0f} |")
-  failed = [r for r in rows if r["status"].startswith("failed")]
-  if failed:
-    lines += ["", "Failed runs:", ""] + [
-        f"- {r['method']} sparsity {r['sparsity']:g} seed {r['seed']}: "
-        f"{r['status']}" for r in failed]
-  lines += [""] + [f"![{name[:-4]}]({image_prefix}{name})" for name in plots]
-  return "\n".join(lines) + "\n"
-
-
-def _density_axis(ax, sparsities):
-  densities = [1 - s for s in sparsities]
-  # Dense on the left, sparsest on the right; a margin around one point.
-  # The limits first: a log scale autoscaled to one point would warn.
-  ax.set_xlim(min(1.0, 1.5 * max(densities)), min(densities) / 1.5)
-  ax.set_xscale("log")
-  ax.set_xticks(densities)
-  ax.set_xticklabels([f"{s:g}" for s in sparsities])
-  ax.minorticks_off()
-  ax.set_xlabel("sparsity (log scale of the kept fraction)")
-
-
-def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
-         schedules: Optional[Dict[str, np.ndarray]] = None,
-         layers: Optional[Dict[str, Dict[str, Dict[str, Any]]]] = None,
-         layer_sparsity: Optional[float] = None,
-         prefix: str = "") -> List[str]:
-  """Writes the study's PNG plots; returns their paths.
-
-  Args:
-    rows: the study's rows.
-    directory: where the PNGs go.
-    title: the plots' title.
-    schedules: `{"step", "sparsity", "mask_learning_rate",
-      "learning_rate"}` arrays over the run, or None to skip that plot.
-    layers: `{method: {layer: {"kept", "total"}}}` at `layer_sparsity`.
-    layer_sparsity: the sparsity of `layers`.
-    prefix: prepended to the file names.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  stats = aggregate(rows)
-  methods = list(dict.fromkeys(r["method"] for r in rows))
-  sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
-  paths = []
-
-  def save(fig, name):
-    path = os.path.join(directory, prefix + name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths.append(path)
-
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for method in methods:
-    if method == "dense":
-      st = stats.get((method, 0.0))
-      if st:
-        ax.axhline(st["accuracy_mean"], color="k", ls="--", lw=1,
-                   label=f"dense ({100 * st['accuracy_mean']:.2f}%)")
-      continue
-    xs = [s for s in sparsities if (method, s) in stats]
-    ax.errorbar([1 - s for s in xs],
-                [stats[(method, s)]["accuracy_mean"] for s in xs],
-                yerr=[stats[(method, s)]["accuracy_std"] for s in xs],
-                marker="o", capsize=3, label=method)
-  if sparsities:
-    _density_axis(ax, sparsities)
-  ax.set_ylabel("eval accuracy (mean ± std over seeds)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  save(fig, "accuracy_vs_sparsity.png")
-
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for method in methods:
-    keys = [k for k in stats if k[0] == method]
-    ax.plot([stats[k]["sparse_macs"] for k in keys],
-            [stats[k]["accuracy_mean"] for k in keys],
-            marker="s" if method == "dense" else "o", ls="-", label=method)
-  macs = [st["sparse_macs"] for st in stats.values()]
-  if macs:  # A margin, also around a single point (before the log scale).
-    ax.set_xlim(min(macs) / 1.5, max(macs) * 1.5)
-  ax.set_xscale("log")
-  ax.set_xlabel("sparse MACs per example (log scale)")
-  ax.set_ylabel("eval accuracy (mean over seeds)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  save(fig, "accuracy_vs_macs.png")
-
-  if layers:
-    names = list(next(iter(layers.values())))
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(names) + 2), 4.2))
-    width = 0.8 / len(layers)
-    for i, (method, per_layer) in enumerate(layers.items()):
-      values = [1 - per_layer[n]["kept"] / per_layer[n]["total"]
-                for n in names]
-      ax.bar(np.arange(len(names)) + i * width, values, width, label=method)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
-    ax.set_xticklabels([n.replace("/kernel", "") for n in names],
-                       rotation=70, ha="right", fontsize=7)
-    ax.set_ylabel("layer sparsity")
-    ax.set_ylim(0, 1.25)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_title(f"{title}: layer sparsity at {layer_sparsity:g}",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", ncol=len(layers))
-    save(fig, "layer_sparsity.png")
-
-  if schedules is not None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot(schedules["step"], schedules["sparsity"], label="sparsity s(t)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("sparsity")
-    ax2 = ax.twinx()
-    ax2.plot(schedules["step"], schedules["learning_rate"], color="C2",
-             ls=":", label="learning rate")
-    ax2.plot(schedules["step"], schedules["mask_learning_rate"], color="C1",
-             ls="--", label="mask learning rate")
-    ax2.set_ylabel("learning rate")
-    handles = ax.get_legend_handles_labels()
-    handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8,
-              loc="center left")
-    ax.set_title(f"{title}: schedules"
-                 + (f" (target {schedules['target']:g})"
-                    if "target" in schedules else ""), fontsize=10)
-    ax.grid(alpha=0.3)
-    save(fig, "schedules.png")
-  return paths
-
-
 def layer_table(workdir: str, runs: Sequence[Run], sparsity: float
                 ) -> Dict[str, Dict[str, Dict[str, Any]]]:
   """Per-layer kept/total of the first seed of every sparse method at
@@ -725,26 +519,3 @@ def layer_table(workdir: str, runs: Sequence[Run], sparsity: float
     if summary and "layers" in summary:
       out[run.method] = summary["layers"]
   return out
-
-
-SECTION_NAME = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
-
-
-def check_section(name: str) -> None:
-  """Refuses a section name that is not a plain name (it names files beside
-  the document and an HTML comment)."""
-  if not SECTION_NAME.fullmatch(name):
-    raise StudyError(f"--section {name!r}: use letters, digits, '_' and "
-                     "single '-' only")
-
-
-def replace_section(document: str, name: str, text: str) -> str:
-  """Replaces `<!-- study:NAME -->...<!-- /study:NAME -->` in a document
-  (appending the marked section when absent)."""
-  begin, end = f"<!-- study:{name} -->", f"<!-- /study:{name} -->"
-  block = f"{begin}\n{text}{end}"
-  if begin in document and end in document:
-    head, rest = document.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return head + block + tail
-  return document.rstrip("\n") + "\n\n" + block + "\n"

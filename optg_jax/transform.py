@@ -17,7 +17,6 @@ optimizer come after it:
               optax.sgd(lr, momentum=0.9))
 """
 
-import sys
 import warnings
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
@@ -29,6 +28,9 @@ import optax
 from optg_jax import nm
 from optg_jax import schedules
 from optg_jax import topk
+from optg_jax.tree import is_nnx_variable
+from optg_jax.tree import path_to_str
+from optg_jax.tree import unwrap_nnx
 
 PyTree = Any
 Where = Callable[[str, jax.Array], bool]
@@ -57,50 +59,7 @@ class OptGState(NamedTuple):
   trained_masks: PyTree
 
 
-def path_to_str(path: Tuple[Any, ...]) -> str:
-  """A '/'-joined name for a pytree key path, e.g. 'Dense_0/kernel'."""
-  parts = []
-  for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
-      parts.append(str(key.key))
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      parts.append(str(key.idx))
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      parts.append(str(key.name))
-    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(key.key))
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
-def _is_nnx_variable(x) -> bool:
-  """Whether `x` is a Flax NNX variable (`nnx.Param`, `nnx.OptArray`, ...)."""
-  nnx = sys.modules.get("flax.nnx")  # No NNX variable exists before import.
-  variable = getattr(nnx, "Variable", None)
-  return variable is not None and isinstance(x, variable)
-
-
-def unwrap_nnx(tree: PyTree) -> PyTree:
-  """`tree` with each Flax NNX variable replaced by its value.
-
-  This is `nnx.as_pure`: `nnx.state(model, nnx.Param)` becomes a `State` of
-  arrays whose key paths end at the variables ('conv1/kernel', not
-  'conv1/kernel/value'), the structure `nnx.Optimizer` gives `tx.update`.
-
-  Args:
-    tree: any pytree.
-
-  Returns:
-    `tree` itself when it holds no NNX variable, else the unwrapped copy.
-  """
-  if not any(_is_nnx_variable(x)
-             for x in jax.tree.leaves(tree, is_leaf=_is_nnx_variable)):
-    return tree
-  return sys.modules["flax.nnx"].as_pure(tree)
-
-
-def _zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
+def zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
   """`tree` with the entries the masks prune set to zero (`None`: kept).
 
   An NNX variable of `tree` keeps its wrapper, with the masked value.
@@ -109,12 +68,12 @@ def _zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
   def one(x, m):
     if m is None:
       return x
-    if _is_nnx_variable(x):
+    if is_nnx_variable(x):
       value = unwrap_nnx(x)
       return x.replace(jnp.where(m, value, jnp.zeros_like(value)))
     return jnp.where(m, x, jnp.zeros_like(x))
 
-  return jax.tree.map(one, tree, unwrap_nnx(masks), is_leaf=_is_nnx_variable)
+  return jax.tree.map(one, tree, unwrap_nnx(masks), is_leaf=is_nnx_variable)
 
 
 def replace_values(tree: PyTree, values: PyTree) -> PyTree:
@@ -126,11 +85,11 @@ def replace_values(tree: PyTree, values: PyTree) -> PyTree:
   def one(x, v):
     if v is None:
       return x
-    if _is_nnx_variable(x):
+    if is_nnx_variable(x):
       return x.replace(v)
     return v
 
-  return jax.tree.map(one, tree, values, is_leaf=_is_nnx_variable)
+  return jax.tree.map(one, tree, values, is_leaf=is_nnx_variable)
 
 
 def default_where(path: str, leaf: jax.Array) -> bool:
@@ -471,7 +430,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       refresh &= next_step < total_steps
     new_masks = jax.lax.cond(refresh, refreshed, lambda: masks)
 
-    masked_updates = _zero_pruned(wrapped_updates, masks)
+    masked_updates = zero_pruned(wrapped_updates, masks)
     return masked_updates, OptGState(count=next_step, scores=scores,
                                      momentum=buffers, masks=new_masks,
                                      trained_masks=masks)
@@ -551,134 +510,3 @@ def _nothing_selected_message(params: PyTree) -> str:
           f"would be pruned; it saw {len(seen)} "
           f"{'leaf' if len(seen) == 1 else 'leaves'}: {listed or 'none'}."
           + hint)
-
-
-def _find_states(opt_state: PyTree) -> list:
-  """Every `OptGState` in `opt_state`, with its key path."""
-  is_state = lambda x: isinstance(x, OptGState)
-  flat = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_state)[0]
-  return [(path, x) for path, x in flat if is_state(x)]
-
-
-def _check_first(path: Tuple[Any, ...], opt_state: PyTree) -> None:
-  """Raises ValueError when the transform is not first in its chain.
-
-  `optax.chain` keeps its members' states in a tuple, in order; wrappers
-  (`inject_hyperparams`, `MultiSteps`, `multi_transform`, `keep_sparse`,
-  ...) hold theirs in named fields. Any transformation before this one
-  would change the gradients it reads (`G * W` is the score's gradient
-  only for the raw `G`) and would see the unmasked ones.
-  """
-  node = opt_state
-  for key in path:
-    if isinstance(key, jax.tree_util.SequenceKey) and key.idx > 0:
-      before = [type(x).__name__ for x in node[:key.idx]]
-      raise ValueError(
-          "mask_transform is not the first transformation of its chain: "
-          f"it comes after {len(before)} other "
-          f"{'state' if len(before) == 1 else 'states'} "
-          f"({', '.join(before)}), which would change the gradients its "
-          "scores learn from; put it first, e.g. optax.chain("
-          "optg.mask_transform(...), optax.add_decayed_weights(wd), "
-          "optax.sgd(lr, momentum))")
-    if isinstance(key, jax.tree_util.SequenceKey):
-      node = node[key.idx]
-    elif isinstance(key, jax.tree_util.DictKey):
-      node = node[key.key]
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      node = getattr(node, key.name)
-    else:
-      return  # A container this check does not know: nothing to say.
-
-
-def get_optg_state(opt_state: PyTree) -> OptGState:
-  """The single `OptGState` inside an optimizer state.
-
-  Looks through any nesting of optax states (`chain`, `inject_hyperparams`,
-  `multi_transform`, `MultiSteps`, `keep_sparse`, ...), and
-  `nnx.Optimizer.opt_state`.
-
-  Args:
-    opt_state: an optax optimizer state.
-
-  Returns:
-    The `OptGState` found, with arrays (Flax NNX variables unwrapped).
-
-  Raises:
-    ValueError: if there is none or more than one, or if the transform is
-      not the first of its chain.
-  """
-  found = _find_states(opt_state)
-  if not found:
-    raise ValueError("no mask_transform state found in the optimizer state")
-  if len(found) > 1:
-    raise ValueError(f"found {len(found)} mask_transform states in the "
-                     "optimizer state; expected exactly one")
-  path, state = found[0]
-  _check_first(path, opt_state)
-  return unwrap_nnx(state)
-
-
-def _masks_of(masks: PyTree) -> PyTree:
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
-  return jax.tree.map(lambda x: None if is_masked(x) else x, masks,
-                      is_leaf=is_masked)
-
-
-def get_masks(opt_state: PyTree) -> PyTree:
-  """The masks in force for the next forward pass.
-
-  What a train step runs the model with: `apply_masks(params,
-  get_masks(opt_state))`. Just after a refresh they are masks no step has
-  trained with yet; to evaluate, report or ship the model, use
-  `trained_masks` (or `trained_params`).
-
-  Args:
-    opt_state: an optax optimizer state containing one `mask_transform`
-      state, anywhere (`nnx.Optimizer.opt_state` too).
-
-  Returns:
-    A pytree with the params' structure: bool arrays on prunable leaves,
-    `None` elsewhere. Leaves that the transform does not see (other groups
-    of `optax.multi_transform`) are `None` too. For Flax NNX, the structure
-    of `nnx.as_pure(nnx.state(model, nnx.Param))`.
-
-  Raises:
-    ValueError: no transform state, several, or the transform is not the
-      first of its chain.
-  """
-  return _masks_of(get_optg_state(opt_state).masks)
-
-
-def trained_masks(opt_state: PyTree) -> PyTree:
-  """The masks the last update's forward pass ran with: the model so far.
-
-  The sparse network a run has trained, and the one to evaluate, report
-  and ship: at a refresh once an epoch, the masks the epoch just trained
-  with (`get_masks` then already holds those the refresh drew for the next
-  epoch). Before any update, the initial (all-kept) masks. Same structure
-  as `get_masks`.
-
-  Args:
-    opt_state: an optax optimizer state containing one `mask_transform`
-      state, anywhere.
-
-  Returns:
-    Bool arrays on prunable leaves, `None` elsewhere.
-  """
-  return _masks_of(get_optg_state(opt_state).trained_masks)
-
-
-def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
-  """Zeroes the pruned weights; a `None` mask passes the weight through.
-
-  Args:
-    params: the dense weights. Flax NNX state (`nnx.state(model, nnx.Param)`)
-      works as well: each variable keeps its wrapper, with a masked value,
-      so that `nnx.update(model, apply_masks(...))` accepts the result.
-    masks: a pytree with the params' structure: bool arrays or `None`.
-
-  Returns:
-    The params with pruned entries set to zero.
-  """
-  return _zero_pruned(params, masks)

@@ -424,7 +424,7 @@ def test_damaged_or_altered_files_are_refused(tmp_path):
     stored = np.where(leaf_mask, loaded, 0).astype(np.float32)
     stored[np.unravel_index(np.flatnonzero(leaf_mask)[3],
                             stored.shape)] = np.nan
-    leaf["sha256"] = export._leaf_digest(  # pylint: disable=protected-access
+    leaf["sha256"] = export.leaf_digest(
         leaf["path"], "float32", stored, leaf_mask)
 
   cases.append((_rewritten(path, tmp_path / "nan2.npz", nan_redigested,
@@ -596,7 +596,7 @@ def exported_matches_checkpoint(config, workdir, output):
   logits."""
   from optg_jax import train  # pylint: disable=g-import-not-at-top
   variables, masks = optg.load_sparse(output)
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   state = jax.device_get(train.restore_latest(
       train.checkpoint_manager(workdir, config), run.initial_state()))
   dense = config.method == "dense"
@@ -643,7 +643,7 @@ def test_launch_export_of_a_run(tmp_path):
   assert int(state.step) == 69
   manager = train.checkpoint_manager(workdir, config)
   drawn_after_46 = optg.get_masks(checkpoints.restore(
-      manager, 46, train._Run(config).initial_state()).opt_state)  # pylint: disable=protected-access
+      manager, 46, train.Run(config).initial_state()).opt_state)
   for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(drawn_after_46)):
     np.testing.assert_array_equal(a, b)
   kept = sum(int(m.sum()) for m in jax.tree.leaves(masks))
@@ -684,7 +684,7 @@ def test_launch_export_keeps_batch_statistics(tmp_path):
   from optg_jax import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
   config = runs.tiny_config(method="dense")
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   checkpoints.save(train.checkpoint_manager(workdir, config),
                    jax.device_get(run.initial_state()))
   checkpoints.write_config_record(workdir, config)

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def load_latest(workdir, config=None):
   config = config or runs.tiny_config()
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   manager = train.checkpoint_manager(str(workdir), config)
   return train.restore_latest(manager, run.initial_state(), str(workdir))
 
@@ -142,8 +143,8 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_last_checkpoint(
 
 def test_nan_step_leaves_the_state_unchanged():
   config = runs.tiny_config()
-  run = train._Run(config)  # pylint: disable=protected-access
-  p_train, _ = run.pmapped_steps()
+  run = train.Run(config)
+  p_train, _ = run.compiled_steps()
   state = train.replicate(run.initial_state())
   batch = next(data.train_iterator(config, local_device_count=4))
   batch = dict(batch, image=batch["image"].copy())
@@ -259,13 +260,14 @@ def test_no_readable_checkpoint_is_a_clear_error(stopped_at_20):
 
 
 def test_non_finite_message_says_whether_the_loss_was_finite():
+  run = types.SimpleNamespace(parallel=train.Pmap())  # Metrics of 1 replica.
   finite_loss = [{"finite": np.array([0.0]), "loss": np.array([363.39])}]
   with pytest.raises(train.NonFiniteError, match=(
       r"^non-finite gradients \(the loss, 363\.39, is finite\) at step 10; "
       r"stopping without saving a checkpoint$")):
-    train._check_finite_and_log(None, finite_loss, 11, None, None)  # pylint: disable=protected-access
+    train.check_finite(run, finite_loss, 11)
   inf_loss = [{"finite": np.array([1.0]), "loss": np.array([1.0])},
               {"finite": np.array([0.0]), "loss": np.array([np.inf])}]
   with pytest.raises(train.NonFiniteError,
                      match=r"^a non-finite loss \(inf\) at step 6; "):
-    train._check_finite_and_log(None, inf_loss, 7, None, None)  # pylint: disable=protected-access
+    train.check_finite(run, inf_loss, 7)

@@ -24,7 +24,7 @@ assert_trees_equal = runs.assert_trees_equal
 
 def load_state(workdir, config):
   """The latest checkpoint of a workdir, as a host TrainState."""
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   manager = train.checkpoint_manager(workdir, config)
   return train.restore_latest(manager, run.initial_state())
 
@@ -71,13 +71,13 @@ def test_short_run_writes_summary_and_table(finished_run):
 
 def _evaluate(config, workdir, step, masks_of):
   """Evaluates the checkpoint of `step` with `masks_of(host_state)`."""
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   manager = train.checkpoint_manager(workdir, config)
   state = checkpoints.restore(manager, step, run.initial_state())
-  _, p_eval = run.pmapped_steps()
-  masks = train.replicate(masks_of(state))
-  return train.evaluate(p_eval, train.replicate(state), masks, config,
-                        jax.local_device_count())
+  _, p_eval = run.compiled_steps()
+  masks = run.parallel.place(masks_of(state))
+  return train.evaluate(p_eval, run.parallel.place(state), masks, config,
+                        run.parallel)
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_evaluations_and_the_summary_use_the_masks_trained_with(tmp_path):
   # The summary is the final weights with the masks the last epoch trained
   # with: those drawn after step 46, read from that checkpoint.
   manager = train.checkpoint_manager(workdir, config)
-  template = train._Run(config).initial_state()  # pylint: disable=protected-access
+  template = train.Run(config).initial_state()
   last_epoch_masks = optg.get_masks(
       checkpoints.restore(manager, 46, template).opt_state)
   shipped = _evaluate(config, workdir, 69, lambda _: last_epoch_masks)
@@ -289,8 +289,8 @@ def test_baselines_and_half_precision_share_the_step(method, half_precision):
   # (s(0) = 1.04e-5) and the last trains within 9.4e-4 of the target.
   config = tiny_config(method=method, half_precision=half_precision,
                        update_every_steps=2, num_epochs=5, beta=4.5)
-  run = train._Run(config)  # pylint: disable=protected-access
-  p_train, _ = run.pmapped_steps()
+  run = train.Run(config)
+  p_train, _ = run.compiled_steps()
   state = train.replicate(run.initial_state())
   shardings = [x.sharding for x in jax.tree.leaves(state)]
   batches = data.train_iterator(config, local_device_count=4)

@@ -82,7 +82,7 @@ def rewrite(workdir, step, change, digest_of_new=False):
   beside the digest of the original (or, with `digest_of_new`, of the
   changed state): what altered files that still decode look like."""
   config = runs.tiny_config()
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   manager = checkpoints.checkpoint_manager(str(workdir), config)
   state = checkpoints.restore(manager, step, run.initial_state())
   record = {"sha256": checkpoints.state_digest(state), "step": step,
@@ -164,7 +164,7 @@ def test_non_finite_momentum_is_refused_even_with_a_matching_digest(
 
 def runs_load(workdir):
   config = runs.tiny_config()
-  run = train._Run(config)  # pylint: disable=protected-access
+  run = train.Run(config)
   manager = checkpoints.checkpoint_manager(str(workdir), config)
   return checkpoints.restore_latest(manager, run.initial_state(),
                                     str(workdir))
@@ -539,7 +539,7 @@ def test_checkpoints_of_an_earlier_release_are_refused(tmp_path):
   import optg_jax as optg  # pylint: disable=g-import-not-at-top
   config = runs.tiny_config()
   workdir = tmp_path / "old"
-  state = train._Run(config).initial_state()  # pylint: disable=protected-access
+  state = train.Run(config).initial_state()
   old_state_type = collections.namedtuple(
       "OptGState", ["count", "scores", "momentum", "masks"])
   is_state = lambda x: isinstance(x, optg.OptGState)

@@ -1,0 +1,146 @@
+"""What a run trains: the model, the train state, the schedules and the
+optax chain `mask_transform -> add_decayed_weights -> sgd(momentum)`."""
+
+from typing import Any, Optional
+
+import flax
+from flax.training import dynamic_scale as dynamic_scale_lib
+import jax
+import jax.numpy as jnp
+import optax
+
+import optg_jax as optg
+from optg_jax import models
+from optg_jax.harness.config import structure_of
+from optg_jax.harness.config import target_sparsity
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a run needs to continue: saved in every checkpoint."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  dynamic_scale: Optional[dynamic_scale_lib.DynamicScale]
+
+
+def half_precision_dtype() -> jnp.dtype:
+  """bfloat16, or float16 on GPUs without native bfloat16 (before Ampere)."""
+  device = jax.local_devices()[0]
+  if device.platform == "gpu":
+    capability = getattr(device, "compute_capability", None)
+    if capability is not None and float(capability) < 8.0:
+      return jnp.float16
+  return jnp.bfloat16
+
+
+class Schedules(flax.struct.PyTreeNode):
+  """The run's schedules, functions of the optimizer step."""
+  learning_rate: Any = flax.struct.field(pytree_node=False)
+  sparsity: Any = flax.struct.field(pytree_node=False)
+  mask_learning_rate: Any = flax.struct.field(pytree_node=False)
+
+
+def create_schedules(config, steps_per_epoch: int) -> Schedules:
+  """Warm-up + cosine learning rate, sigmoid sparsity, coupled mask lr.
+
+  `config.lr_schedule` "epochwise_cosine" is the reference's learning rate,
+  set once per epoch (`optg.epochwise_cosine_schedule`); "warmup_cosine" is
+  optax's per-step linear warm-up from 0 and a cosine over the remaining
+  steps. The mask learning rate follows the chosen one.
+  """
+  base_lr = config.learning_rate
+  if config.lr_reference_batch_size:
+    base_lr = base_lr * config.batch_size / config.lr_reference_batch_size
+  total_steps = config.num_epochs * steps_per_epoch
+  if config.lr_schedule == "epochwise_cosine":
+    learning_rate = optg.epochwise_cosine_schedule(
+        base_lr, config.num_epochs, steps_per_epoch,
+        warmup_epochs=config.warmup_epochs)
+  else:
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
+        decay_steps=total_steps, end_value=0.0)
+  if config.method == "dense":
+    sparsity = lambda step: jnp.float32(0.0)
+    mask_lr = lambda step: jnp.float32(0.0)
+  else:
+    target = target_sparsity(config)
+    sparsity = optg.sigmoid_sparsity_schedule(
+        target, config.num_epochs, steps_per_epoch, beta=config.beta)
+    mask_lr = optg.supermask_learning_rate(learning_rate, sparsity, target)
+  return Schedules(learning_rate=learning_rate, sparsity=sparsity,
+                   mask_learning_rate=mask_lr)
+
+
+def create_optimizer(config, schedules: Schedules, update_every: int,
+                     total_steps: int) -> optax.GradientTransformation:
+  """`mask_transform -> add_decayed_weights -> sgd(momentum)`.
+
+  Args:
+    config: the run's config.
+    schedules: from `create_schedules`.
+    update_every: the refresh period in steps.
+    total_steps: the steps of the whole run (`num_epochs`): no refresh
+      after the last, whose masks are the model (`num_train_steps` only
+      stops a run early).
+  """
+  chain = []
+  if config.method != "dense":
+    structure = structure_of(config)
+    chain.append(optg.mask_transform(
+        schedules.sparsity, schedules.mask_learning_rate,
+        momentum=config.mask_momentum, update_every=update_every,
+        criterion=config.method,
+        score_normalization=config.score_normalization or None,
+        # N:M keeps n of every m inputs of each unit: the floor is implied.
+        min_kept_per_unit=0 if structure else config.min_kept_per_unit,
+        structure=structure, indivisible="dense", total_steps=total_steps))
+  chain += [
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedules.learning_rate, momentum=config.momentum,
+                nesterov=config.nesterov),
+  ]
+  return optax.chain(*chain)
+
+
+def current_masks(sparse: bool, opt_state):
+  """The masks in force for the next step, or None for a dense run."""
+  return optg.get_masks(opt_state) if sparse else None
+
+
+def shipped_masks(sparse: bool, opt_state):
+  """The masks the last step trained with, or None for a dense run.
+
+  The model a run reports, evaluates and ships: the refresh after a step
+  draws masks for the steps to come, which no step has trained with yet.
+  """
+  return optg.trained_masks(opt_state) if sparse else None
+
+
+def masked_params(sparse: bool, params, opt_state):
+  """The params the next step's forward pass runs on."""
+  masks = current_masks(sparse, opt_state)
+  return params if masks is None else optg.apply_masks(params, masks)
+
+
+def create_model(config, num_classes: int):
+  dtype = half_precision_dtype() if config.half_precision else jnp.float32
+  return models.create(config.model, num_classes, dtype=dtype,
+                       **config.model_kwargs.to_dict())
+
+
+def create_train_state(rng, config, model, image_shape,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises the model variables and the optimizer state."""
+  variables = jax.jit(
+      lambda rng: model.init(rng, jnp.zeros((1,) + tuple(image_shape),
+                                            jnp.float32), train=False))(rng)
+  params = variables["params"]
+  dynamic_scale = None
+  if config.half_precision and model.dtype == jnp.float16:
+    dynamic_scale = dynamic_scale_lib.DynamicScale()
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), dynamic_scale=dynamic_scale)
