@@ -26,6 +26,7 @@ preemption (the same command resumes).
 import os
 import shlex
 import shutil
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -152,6 +153,33 @@ def _write_results(rows, runs, checked, workdir, title, command):
   print(f"updated section {FLAGS.section!r} of {FLAGS.doc}")
 
 
+class _InterruptFlag:
+  """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a
+  library that catches it inside a run (a checkpoint's wait) cannot make
+  the study go on; `check` raises it again between runs."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGINT, self._previous)
+    return False
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+    raise KeyboardInterrupt
+
+  def check(self):
+    if self.received:
+      raise KeyboardInterrupt
+
+
 def _study(verbose):
   config = FLAGS.config
   # The flags first (quick: before TensorFlow is imported).
@@ -184,16 +212,23 @@ def _study(verbose):
           "sparsities": sorted({r.sparsity for r in runs
                                 if r.method != "dense"}),
           "seeds": sorted({r.seed for r in runs})}
-  with study.StudyWorkdir(workdir, config, grid):
+  interrupted = _InterruptFlag()
+  with study.StudyWorkdir(workdir, config, grid), interrupted:
+
+    def progress(line):
+      interrupted.check()  # Between runs: a Ctrl-C a library swallowed.
+      print(line, flush=True)
+
     try:
       rows = study.run_study(config, runs, workdir, train.train_and_evaluate,
                              lambda run: checked[run].total_steps,
-                             progress=lambda s: print(s, flush=True),
+                             progress=progress,
                              stop_on=(train.Preempted, KeyboardInterrupt))
     except train.Preempted as e:
       print(f"{e}; the study stops here and the same command resumes it",
             file=sys.stderr)
       return 0
+    interrupted.check()
     failed = [r for r in rows if r["status"].startswith("failed")]
     if failed:
       first = failed[0]

@@ -18,6 +18,7 @@ def _params(workdir, config):
   return jax.device_get(state.params)
 
 
+@pytest.mark.long
 def test_jit_matches_pmap_and_resumes_bitwise(reference, tmp_path):
   _, expected = reference
   config = runs.tiny_config(parallelism="jit")

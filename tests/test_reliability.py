@@ -45,6 +45,7 @@ def test_replicas_are_identical(reference):
   assert len(summary["replica_fingerprints"]) == 4
 
 
+@pytest.mark.long
 def test_sigterm_saves_the_current_step_and_resume_is_bitwise_identical(
     reference, tmp_path):
   ref_workdir, ref_summary = reference
@@ -66,6 +67,7 @@ def test_sigterm_saves_the_current_step_and_resume_is_bitwise_identical(
   assert_same_final_state(workdir, ref_workdir)
 
 
+@pytest.mark.long
 def test_quickstart_killed_after_first_checkpoint_then_same_command(
     quickstart_run, tmp_path):
   """The README's quick start, SIGKILLed after its first checkpoint and
@@ -92,6 +94,7 @@ def test_quickstart_killed_after_first_checkpoint_then_same_command(
     assert summary[key] == expected[key], key
 
 
+@pytest.mark.long
 def test_resume_from_a_mid_epoch_checkpoint_in_process(reference, tmp_path):
   """Stopping at step 13 (inside epoch 0) and resuming changes nothing."""
   ref_workdir, ref_summary = reference
@@ -124,6 +127,7 @@ def nan_at(step):
   return train_iterator
 
 
+@pytest.mark.long
 def test_nan_stops_the_run_naming_the_step_and_keeps_last_checkpoint(
     monkeypatch, tmp_path):
   monkeypatch.setattr(data, "train_iterator", nan_at(13))
@@ -158,6 +162,7 @@ def test_nan_step_leaves_the_state_unchanged():
   runs.assert_trees_equal(after.opt_state, before.opt_state)
 
 
+@pytest.mark.long
 def test_nan_through_launch_exits_nonzero_with_one_line(tmp_path):
   workdir = tmp_path / "nan_launch"
   script = (

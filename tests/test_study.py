@@ -276,7 +276,7 @@ def _study_command(workdir, data_dir, doc=None, popen=False):
                         text=True, timeout=600)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_two_run_study_end_to_end(tmp_path):
   data_dir = str(tmp_path / "data")
   idx_files.make_dataset(data_dir)

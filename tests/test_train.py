@@ -80,7 +80,7 @@ def _evaluate(config, workdir, step, masks_of):
                         run.parallel)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_evaluations_and_the_summary_use_the_masks_trained_with(tmp_path):
   # Masks refreshed once an epoch (after steps 23 and 46), a checkpoint at
   # the end of every epoch. The refresh after step 46 draws the masks of
@@ -283,7 +283,9 @@ def test_library_call_and_launch_agree_bitwise(finished_run, reference):
 
 
 @pytest.mark.parametrize("method, half_precision", [
-    ("dense", False), ("magnitude", False), ("optg", True)])
+    ("dense", False),
+    pytest.param("magnitude", False, marks=pytest.mark.long),
+    pytest.param("optg", True, marks=pytest.mark.long)])
 def test_baselines_and_half_precision_share_the_step(method, half_precision):
   # 5 epochs at beta 4.5: the first epoch already prunes 3 weights
   # (s(0) = 1.04e-5) and the last trains within 9.4e-4 of the target.
