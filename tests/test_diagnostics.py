@@ -54,9 +54,13 @@ def test_diagnose_writes_a_record_per_refresh(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   records = json.load(open(out / "refreshes.json"))["refreshes"]
   # 69 steps: refreshes after steps 2, 4, ..., 68 (none after the last
-  # step); every fifth recorded. At beta 14 the last epoch trains at
+  # step); every fifth recorded, then the end of the run (the model it
+  # ships: no new masks). At beta 14 the last epoch trains at
   # 0.8 * sigmoid(7), within the tolerance of the target.
-  assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+  assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60, 69]
+  assert [r["final"] for r in records] == [False] * 6 + [True]
+  assert records[-1]["eval_accuracy_new"] is None
+  assert records[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
   for r in records:
     assert set(r["layers"]) >= {"conv_init/kernel", "head/kernel"}
     kept = sum(l["kept"] for l in r["layers"].values())
