@@ -403,11 +403,11 @@ sys.path.insert(0, {root!r})
 from optg_jax import checkpoints
 saves = []
 original = checkpoints.save
-def save(manager, state):
+def save(manager, state, *args):
   saves.append(int(state.step))
   if len(saves) == 2:  # The second save finds the disk full.
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  return original(manager, state)
+  return original(manager, state, *args)
 checkpoints.save = save
 sys.argv = {argv!r}
 runpy.run_path(sys.argv[0], run_name='__main__')
