@@ -134,15 +134,10 @@ def _fail(message, code=2):
 
 
 def _write(path, text):
+  from optg_jax import files  # pylint: disable=g-import-not-at-top
   try:
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    files.write_atomically(path, text)
   except OSError as e:
-    try:
-      os.remove(path + ".tmp")
-    except OSError:
-      pass
     _fail(f"cannot write {path}: {e.strerror or e}", 4)
 
 

@@ -261,11 +261,10 @@ def check_saved_by(manager: ocp.CheckpointManager, step: int,
   if saved is not None and config is not None:
     changes = config_changes(saved, config_record(config))
     if changes:
-      listed = ", ".join(f"{k} ({old!r} -> {new!r})"
-                         for k, old, new in changes)
       raise ConfigChanged(
           f"the checkpoint of step {step} in {manager.directory} was saved "
-          f"by a run of another configuration: changed {listed} (was "
+          f"by a run of another configuration: changed "
+          f"{listed_changes(changes)} (was "
           f"{CONFIG_FILE} edited after the run?); use the recorded values "
           "or a new workdir")
 
@@ -437,6 +436,11 @@ def config_changes(recorded: Dict[str, Any],
           if key not in BOOKKEEPING_FIELDS and recorded[key] != current[key]]
 
 
+def listed_changes(changes: List[Tuple[str, Any, Any]]) -> str:
+  """`field (old -> new), ...` of `config_changes`."""
+  return ", ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in changes)
+
+
 def check_config_record(workdir: str, config) -> None:
   """Refuses a restart whose config changes the recorded run's trajectory.
 
@@ -457,10 +461,9 @@ def check_config_record(workdir: str, config) -> None:
                       "the run in this workdir") from None
   changes = config_changes(recorded, config_record(config))
   if changes:
-    listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in changes)
     raise ConfigChanged(
         f"workdir {workdir} holds a run of another configuration: changed "
-        f"{listed}; use a new workdir, or the recorded values "
+        f"{listed_changes(changes)}; use a new workdir, or the recorded values "
         f"(in {path}) to continue it")
 
 

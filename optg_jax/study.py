@@ -48,6 +48,7 @@ import time
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
+from optg_jax import files
 # The tables, plots and document sections of a study's results.
 from optg_jax.study_report import aggregate  # pylint: disable=unused-import
 from optg_jax.study_report import EXIT_BAD_INPUT  # pylint: disable=unused-import
@@ -386,14 +387,8 @@ def write_atomically(path: str, text: str) -> None:
   """Writes `path` through `path.tmp`; on failure the tmp file is removed
   and StudyError (exit 4) raised, `path` left as it was."""
   try:
-    with open(path + ".tmp", "w", newline="") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    files.write_atomically(path, text)
   except OSError as e:
-    try:
-      os.remove(path + ".tmp")
-    except OSError:
-      pass
     raise StudyError(f"cannot write {path}: {e.strerror or e}",
                      EXIT_IO) from None
 
@@ -465,11 +460,10 @@ class StudyWorkdir:
                            "study's base config") from None
         changes = checkpoints.config_changes(recorded, record)
         if changes:
-          listed = ", ".join(f"{k} ({old!r} -> {new!r})"
-                             for k, old, new in changes)
           raise StudyError(
               f"study workdir {self.path} holds a study of another base "
-              f"config: changed {listed}; use another --workdir, or the "
+              f"config: changed {checkpoints.listed_changes(changes)}; use "
+              "another --workdir, or the "
               f"recorded values (in {path})")
       write_atomically(path, json.dumps(
           {"base_config": record, "grid": self.grid}, indent=2,
