@@ -282,45 +282,10 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   """
   update_every, total_steps = _checked_period(sparsity, update_every,
                                               total_steps)
-  if criterion not in CRITERIA:
-    raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
-                     f"{', '.join(CRITERIA)}")
-  if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= momentum < 1.0:
-    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-  if not callable(sparsity) and not isinstance(sparsity, jax.core.Tracer):
-    topk.num_to_keep(sparsity, 1)  # Validates a constant sparsity early.
-  if score_normalization not in SCORE_NORMALIZATIONS:
-    raise ValueError(f"unknown score_normalization {score_normalization!r}; "
-                     f"valid: {', '.join(map(repr, SCORE_NORMALIZATIONS))}")
-  if isinstance(min_kept_per_unit, (jax.Array, jax.core.Tracer)):
-    # optax.inject_hyperparams turns numeric arguments into arrays.
-    raise ValueError("min_kept_per_unit must be a static Python int; with "
-                     "optax.inject_hyperparams add 'min_kept_per_unit' to "
-                     "static_args")
-  min_kept_per_unit = min_kept_per_unit or 0
-  if (not isinstance(min_kept_per_unit, int) or
-      isinstance(min_kept_per_unit, bool) or min_kept_per_unit < 0):
-    raise ValueError(f"min_kept_per_unit must be a non-negative integer, got "
-                     f"{min_kept_per_unit!r}")
-  if axis_name is not None and score_normalization:
-    raise ValueError(f"score_normalization={score_normalization!r} is not "
-                     "supported with axis_name (it would normalise each "
-                     "shard on its own)")
-  if isinstance(structure, str):
-    structure = nm.NM.parse(structure)
+  min_kept_per_unit, structure = _checked_options(
+      sparsity, momentum, criterion, score_normalization, min_kept_per_unit,
+      axis_name, structure, indivisible)
   if structure is not None:
-    if not isinstance(structure, nm.NM):
-      raise ValueError(f"structure must be None, an optg.NM or an 'N:M' "
-                       f"string, got {structure!r}")
-    if min_kept_per_unit:
-      raise ValueError("min_kept_per_unit is not supported with an N:M "
-                       "structure (every unit keeps n of every m inputs)")
-    if axis_name is not None:
-      raise ValueError("axis_name (shard_map) is not supported with an N:M "
-                       "structure yet; use jax.jit with sharded arrays")
-    if indivisible not in nm.INDIVISIBLE:
-      raise ValueError(f"indivisible must be one of {nm.INDIVISIBLE}, got "
-                       f"{indivisible!r}")
     nm_sparsity = (structure.m - structure.n) / structure.m
   where = default_where if where is None else where
   mask_lr = schedules.as_schedule(mask_learning_rate)
@@ -440,6 +405,52 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
 
 def _is_array(x) -> bool:
   return isinstance(x, (jax.Array, jax.core.Tracer, np.ndarray))
+
+
+def _checked_options(sparsity, momentum, criterion, score_normalization,
+                     min_kept_per_unit, axis_name, structure, indivisible):
+  """Refuses `mask_transform`'s invalid options (ValueError); returns the
+  unit floor as an int and the structure as an `nm.NM` (or None)."""
+  if criterion not in CRITERIA:
+    raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
+                     f"{', '.join(CRITERIA)}")
+  if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= momentum < 1.0:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+  if not callable(sparsity) and not isinstance(sparsity, jax.core.Tracer):
+    topk.num_to_keep(sparsity, 1)  # Validates a constant sparsity early.
+  if score_normalization not in SCORE_NORMALIZATIONS:
+    raise ValueError(f"unknown score_normalization {score_normalization!r}; "
+                     f"valid: {', '.join(map(repr, SCORE_NORMALIZATIONS))}")
+  if isinstance(min_kept_per_unit, (jax.Array, jax.core.Tracer)):
+    # optax.inject_hyperparams turns numeric arguments into arrays.
+    raise ValueError("min_kept_per_unit must be a static Python int; with "
+                     "optax.inject_hyperparams add 'min_kept_per_unit' to "
+                     "static_args")
+  min_kept_per_unit = min_kept_per_unit or 0
+  if (not isinstance(min_kept_per_unit, int) or
+      isinstance(min_kept_per_unit, bool) or min_kept_per_unit < 0):
+    raise ValueError(f"min_kept_per_unit must be a non-negative integer, got "
+                     f"{min_kept_per_unit!r}")
+  if axis_name is not None and score_normalization:
+    raise ValueError(f"score_normalization={score_normalization!r} is not "
+                     "supported with axis_name (it would normalise each "
+                     "shard on its own)")
+  if isinstance(structure, str):
+    structure = nm.NM.parse(structure)
+  if structure is not None:
+    if not isinstance(structure, nm.NM):
+      raise ValueError(f"structure must be None, an optg.NM or an 'N:M' "
+                       f"string, got {structure!r}")
+    if min_kept_per_unit:
+      raise ValueError("min_kept_per_unit is not supported with an N:M "
+                       "structure (every unit keeps n of every m inputs)")
+    if axis_name is not None:
+      raise ValueError("axis_name (shard_map) is not supported with an N:M "
+                       "structure yet; use jax.jit with sharded arrays")
+    if indivisible not in nm.INDIVISIBLE:
+      raise ValueError(f"indivisible must be one of {nm.INDIVISIBLE}, got "
+                       f"{indivisible!r}")
+  return min_kept_per_unit, structure
 
 
 def _checked_period(sparsity, update_every, total_steps):
