@@ -204,8 +204,8 @@ def _train(run: Run, place, sigterm: SigtermFlag,
         _save(run, manager, state)
       writer.flush()
       raise Preempted(done)
-    last_saved = _periodic_work(run, place, state, writer, manager, done,
-                                last_saved, train_metrics, progress)
+    last_saved = _save_if_due(run, place, state, manager, done, last_saved,
+                              train_metrics, progress)
 
   if train_metrics:
     check_finite_and_log(run, writer, train_metrics, run.total_steps, state,
@@ -267,10 +267,10 @@ def _epoch_evaluation(run, state, p_eval, writer, history, done):
   return metrics
 
 
-def _periodic_work(run, place, state, writer, manager, done, last_saved,
-                   train_metrics, progress: console.Progress) -> int:
-  """Checkpoints inside the loop; returns the last saved step."""
-  del writer
+def _save_if_due(run, place, state, manager, done, last_saved,
+                 train_metrics, progress: console.Progress) -> int:
+  """Saves a checkpoint inside the loop when one is due; returns the last
+  saved step."""
   if done >= run.total_steps:
     return last_saved  # The end of the run saves.
   if itstime(done, run.config.checkpoint_every_steps):
