@@ -20,8 +20,9 @@ This module is pure JAX and knows nothing of optax or of the OptG transform.
 """
 
 from fractions import Fraction
+import functools
 import math
-from typing import Any, Hashable, Optional, Tuple, Union
+from typing import Any, Hashable, NamedTuple, Optional, Tuple, Union
 
 import jax
 from jax import lax
@@ -214,6 +215,390 @@ def _flat_positions(like: jax.Array, offset) -> jax.Array:
   return positions
 
 
+class TopKHint(NamedTuple):
+  """Where the last selections found their thresholds: a warm start.
+
+  `threshold` and `previous` are the order-preserving keys (see
+  `order_preserving_keys`) of the k-th largest score of the last selection
+  and of the one before; `selections` counts how many of the two are set
+  (0, 1 or 2). A hint only chooses where the search looks first: the masks
+  are exactly those of `topk_masks` whatever it holds.
+  """
+  threshold: jax.Array  # uint32 scalar.
+  previous: jax.Array  # uint32 scalar.
+  selections: jax.Array  # int32 scalar: 0, 1 or 2.
+
+
+def empty_hint() -> TopKHint:
+  """A hint that knows nothing: the selection starts from the full range."""
+  return TopKHint(threshold=jnp.zeros([], jnp.uint32),
+                  previous=jnp.zeros([], jnp.uint32),
+                  selections=jnp.zeros([], jnp.int32))
+
+
+# Candidate thresholds counted per pass over the scores: five fit in the
+# fields of one uint32 word for every row width (see `_Counter`), so a pass
+# reads the scores once; each extra word would cost most of another pass.
+_CANDIDATES = 5
+# A warm start's first candidates (see `_warm_candidates`): fractions of
+# the last move of the threshold, or keys around it when it moved less than
+# `_MIN_WARM_SPREAD` keys.
+_WARM_FRACTIONS = (0.2, 0.45, 0.7, 1.0, 1.5)
+_WARM_AROUND = (-256.0, -64.0, 0.0, 64.0, 256.0)
+_MIN_WARM_SPREAD = 256.0
+# Interpolated candidates sit at these multiples of the random error of a
+# straight-line guess on both sides of it (see `_interpolated_candidates`).
+_NEAR, _FAR = 2.0, 16.0
+_INTERPOLATE, _UNIFORM = 0, 1
+
+
+def _row_width(length: int) -> int:
+  """The rows a leaf's last axis is cut into for counting (see `_Counter`).
+
+  The largest divisor `w <= 32` of `length` that leaves a multiple of 8 rows
+  (so that a last axis sharded over up to 8 devices is cut shard by shard),
+  else the largest divisor `w <= 32`.
+  """
+  divisors = [w for w in range(min(length, 32), 0, -1) if length % w == 0]
+  for w in divisors:
+    if (length // w) % 8 == 0:
+      return w
+  return divisors[0]
+
+
+class _Counter:
+  """Counting passes over the keys of a pytree of scores (all leaves).
+
+  Each leaf's last axis is cut into rows of `w <= 32` entries. A pass
+  evaluates several predicates per entry, packs their bits into the fields
+  of one uint32 word (`w.bit_length()` bits each), sums the words along
+  each row (a field cannot overflow) and then the unpacked fields over the
+  rows: one read of the keys for several counts, and a reduction that XLA
+  fuses with the comparisons. Counts of sharded leaves are `psum`-ed over
+  the named axes; replicated leaves are counted once.
+  """
+
+  def __init__(self, keys, sharded, names, sizes, global_sizes):
+    self.keys = keys
+    self.sharded = sharded
+    self.names = names
+    self.sizes = sizes
+    self.total = sum(global_sizes)
+    self.offsets = np.cumsum([0] + global_sizes[:-1])
+    self.widths = [_row_width(int(np.shape(k)[-1])) if np.ndim(k) else 1
+                   for k in keys]
+    self.rows = [self._rows(key, w) for key, w in zip(keys, self.widths)]
+
+  @staticmethod
+  def _rows(x, w):
+    shape = np.shape(x)
+    if not shape:
+      return jnp.reshape(x, (1, 1))
+    return jnp.reshape(x, shape[:-1] + (shape[-1] // w, w))
+
+  def positions(self, i) -> jax.Array:
+    """Global flat positions of leaf `i`'s entries, in its row view."""
+    offset = jnp.int32(self.offsets[i])
+    if self.sharded[i]:
+      offset = offset + lax.axis_index(self.names) * jnp.int32(self.sizes[i])
+    return self._rows(_flat_positions(self.keys[i], offset), self.widths[i])
+
+  def _combine(self, per_leaf, reduce_sharded, reduce_replicated):
+    local = [v for v, s in zip(per_leaf, self.sharded) if s]
+    replicated = [v for v, s in zip(per_leaf, self.sharded) if not s]
+    parts = []
+    if local:
+      parts.append(reduce_sharded(functools.reduce(reduce_replicated, local)))
+    if replicated:
+      parts.append(functools.reduce(reduce_replicated, replicated))
+    return functools.reduce(reduce_replicated, parts)
+
+  def count(self, predicates) -> jax.Array:
+    """int32[K]: over all entries, how many satisfy each predicate.
+
+    `predicates(i, rows)` gives K bool arrays shaped like `rows`, the keys
+    of leaf `i` in its row view.
+    """
+    per_leaf = []
+    for i, rows in enumerate(self.rows):
+      bools = predicates(i, rows)
+      bits = self.widths[i].bit_length()
+      per_word = 32 // bits
+      field = np.uint32((1 << bits) - 1)
+      counts = []
+      for first in range(0, len(bools), per_word):
+        group = bools[first:first + per_word]
+        word = group[0].astype(jnp.uint32)
+        for j, b in enumerate(group[1:], 1):
+          word = word | (b.astype(jnp.uint32) << np.uint32(bits * j))
+        sums = jnp.sum(word, axis=-1, dtype=jnp.uint32)
+        for j in range(len(group)):
+          counts.append(jnp.sum(((sums >> np.uint32(bits * j)) & field)
+                                .astype(jnp.int32)))
+      per_leaf.append(jnp.stack(counts))
+    return self._combine(per_leaf, lambda v: lax.psum(v, self.names),
+                         jnp.add)
+
+  def count_at_least(self, candidates) -> jax.Array:
+    """int32[K]: the number of keys `>= candidates[j]`, for each j."""
+    k = candidates.shape[0]
+    return self.count(
+        lambda _, rows: [rows >= candidates[j] for j in range(k)])
+
+  def extremes(self, lo, hi):
+    """The largest and the smallest key in `[lo, hi]` (uint32 scalars)."""
+    highest, lowest = [], []
+    for rows in self.rows:
+      inside = (rows >= lo) & (rows <= hi)
+      # Along the rows in uint32, then over them as int32 (the same order
+      # after flipping the sign bit): two reductions of different types,
+      # which XLA keeps apart, so that the first fuses with the comparison.
+      row_max = jnp.max(jnp.where(inside, rows, np.uint32(0)), axis=-1)
+      row_min = jnp.min(jnp.where(inside, rows, _ALL_BITS), axis=-1)
+      highest.append(_from_signed(jnp.max(_to_signed(row_max))))
+      lowest.append(_from_signed(jnp.min(_to_signed(row_min))))
+    return (self._combine(highest, lambda v: lax.pmax(v, self.names),
+                          jnp.maximum),
+            self._combine(lowest, lambda v: lax.pmin(v, self.names),
+                          jnp.minimum))
+
+  def masks(self, threshold, cut):
+    """Kept: keys above `threshold`, and those equal to it before `cut`."""
+    out = []
+    for i, key in enumerate(self.keys):
+      kept = (key > threshold) | ((key == threshold) & (
+          _flat_positions(key, self._offset(i)) < cut))
+      out.append(kept)
+    return out
+
+  def _offset(self, i):
+    offset = jnp.int32(self.offsets[i])
+    if self.sharded[i]:
+      offset = offset + lax.axis_index(self.names) * jnp.int32(self.sizes[i])
+    return offset
+
+
+def _to_signed(keys):
+  """uint32 keys as int32 of the same order."""
+  return lax.bitcast_convert_type(keys ^ _SIGN_BIT, jnp.int32)
+
+
+def _from_signed(values):
+  """The inverse of `_to_signed`."""
+  return lax.bitcast_convert_type(values, jnp.uint32) ^ _SIGN_BIT
+
+
+def _saturating_add(base, delta):
+  """`base + delta` (uint32 + int32), clamped to the uint32 range."""
+  up = delta.astype(jnp.uint32)
+  down = (-delta).astype(jnp.uint32)
+  added = jnp.where(up > _ALL_BITS - base, _ALL_BITS, base + up)
+  taken = jnp.where(down > base, np.uint32(0), base - down)
+  return jnp.where(delta >= 0, added, taken)
+
+
+def _uniform_candidates(lo, width):
+  """`_CANDIDATES` keys splitting `(lo, lo + width]` evenly (width >= 1);
+  every key of it when it holds no more than that."""
+  parts = np.uint32(_CANDIDATES + 1)
+  j = jnp.arange(1, _CANDIDATES + 1, dtype=jnp.uint32)
+  spread = (width // parts) * j + ((width % parts) * j) // parts
+  each = jnp.minimum(j, width)
+  return lo + jnp.where(width <= np.uint32(_CANDIDATES), each,
+                        jnp.maximum(spread, 1))
+
+
+def _interpolated_candidates(lo, width, n_lo, n_hi, k):
+  """Candidates around where the counts say the threshold is.
+
+  The count falls from `n_lo` at `lo` to `n_hi` just above `lo + width`;
+  where a straight line between them crosses `k` is the guess. The others
+  sit at `_NEAR` and `_FAR` times the random error of such a guess,
+  `1 / sqrt(keys between)` of the bracket, on both sides (at most an eighth
+  of the bracket). A guess further off makes a poor pass, and the next one
+  splits the bracket evenly.
+  """
+  span = width.astype(jnp.float32) + 1.0
+  between = (n_lo - n_hi).astype(jnp.float32)
+  fraction = ((n_lo - k).astype(jnp.float32) + 0.5) / between
+  error = lax.rsqrt(between)
+  steps = jnp.minimum(jnp.stack([_NEAR * error, _FAR * error]), 0.125)
+  fractions = jnp.concatenate([fraction[None], fraction + steps,
+                               fraction - steps])
+  offsets = jnp.clip(fractions * span, 1.0, width.astype(jnp.float32))
+  return lo + jnp.minimum(offsets.astype(jnp.uint32), width)
+
+
+def _warm_candidates(hint):
+  """The first candidates of a warm start, from the last two thresholds.
+
+  After a move of the threshold, at fractions of that move onwards (the
+  threshold of a training run tends to keep moving the same way, more
+  slowly); else around the last threshold, at 64 and 256 keys either side.
+  """
+  move = lax.bitcast_convert_type(hint.threshold - hint.previous, jnp.int32)
+  move = jnp.where(hint.selections >= 2, move, 0).astype(jnp.float32)
+  onwards = move * jnp.asarray(_WARM_FRACTIONS, jnp.float32)
+  around = jnp.asarray(_WARM_AROUND, jnp.float32)
+  offsets = jnp.where(jnp.abs(move) >= _MIN_WARM_SPREAD, onwards, around)
+  offsets = jnp.clip(offsets, -2.0**31, 2.0**31 - 256).astype(jnp.int32)
+  return _saturating_add(hint.threshold, offsets)
+
+
+class _Search(NamedTuple):
+  """The bracket of a threshold search: the threshold `t` (the largest key
+  with at least `k` keys `>= t`) is in `[lo, hi]`; `n_lo` keys are `>= lo`
+  (at least k) and `n_hi` keys `> hi` (fewer than k)."""
+  lo: jax.Array
+  hi: jax.Array
+  n_lo: jax.Array
+  n_hi: jax.Array
+  mode: jax.Array  # _INTERPOLATE or _UNIFORM: how the next pass guesses.
+  found: jax.Array  # The threshold is known: lo == hi, counts exact.
+  passes: jax.Array  # Passes over the scores so far.
+
+
+def _narrowed(search: _Search, candidates, counts, k) -> _Search:
+  """The bracket after counting the keys `>= candidates`."""
+  enough = counts >= k
+  lo = jnp.maximum(search.lo, jnp.max(jnp.where(enough, candidates, 0)))
+  n_lo = jnp.minimum(search.n_lo,
+                     jnp.min(jnp.where(enough, counts, search.n_lo)))
+  hi = jnp.minimum(search.hi, jnp.min(jnp.where(enough, _ALL_BITS,
+                                                candidates - 1)))
+  n_hi = jnp.maximum(search.n_hi, jnp.max(jnp.where(enough, 0, counts)))
+  # Interpolate while it pays: a pass that did not cut the bracket by half
+  # the factor of an even split is followed by an even split.
+  old, new = search.hi - search.lo, hi - lo
+  poor = new.astype(jnp.float32) * ((_CANDIDATES + 1) / 2) > (
+      old.astype(jnp.float32))
+  mode = jnp.where(poor, _UNIFORM, _INTERPOLATE)
+  return _Search(lo, hi, n_lo, n_hi, mode, lo == hi, search.passes + 1)
+
+
+def _finished(search: _Search, counter: _Counter, k) -> _Search:
+  """Ends a bracket holding one or two keys with one pass: its largest key
+  is the threshold when exactly one more key must be kept; its smallest
+  when all of them must."""
+  highest, lowest = counter.extremes(search.lo, search.hi)
+  between = search.n_lo - search.n_hi
+  top = (k - search.n_hi == 1) | (highest == lowest)
+  threshold = jnp.where(top, highest, lowest)
+  n_lo = jnp.where(top, search.n_hi + jnp.where(highest == lowest, between, 1),
+                   search.n_lo)
+  n_hi = jnp.where(top, search.n_hi, search.n_hi + 1)
+  return _Search(threshold, threshold, n_lo, n_hi, search.mode,
+                 jnp.ones([], bool), search.passes + 1)
+
+
+def _threshold_search(counter: _Counter, k, hint: Optional[TopKHint]
+                      ) -> _Search:
+  """The exact threshold: counting passes until the bracket is one key."""
+  n = jnp.int32(counter.total)
+  search = _Search(lo=jnp.zeros([], jnp.uint32),
+                   hi=jnp.full([], _ALL_BITS, jnp.uint32),
+                   n_lo=n, n_hi=jnp.zeros([], jnp.int32),
+                   mode=jnp.int32(_UNIFORM), found=jnp.zeros([], bool),
+                   passes=jnp.zeros([], jnp.int32))
+  search = jax.tree.map(lambda x: x + jnp.zeros_like(k, x.dtype), search)
+
+  if hint is not None:
+    def warm(s):
+      candidates = _warm_candidates(hint)
+      s = _narrowed(s, candidates, counter.count_at_least(candidates), k)
+      # Even when the threshold left the candidates' span, the counts at
+      # its edge place it well in the open side: interpolate next.
+      return s._replace(mode=jnp.int32(_INTERPOLATE) + jnp.zeros_like(s.mode))
+    search = lax.cond(hint.selections > 0, warm, lambda s: s, search)
+
+  def keep_going(s):
+    return ~s.found & (s.lo < s.hi)
+
+  def one_pass(s):
+    def count_pass(s):
+      width = s.hi - s.lo
+      candidates = jnp.where(
+          (s.mode == _UNIFORM) | (width <= np.uint32(_CANDIDATES)),
+          _uniform_candidates(s.lo, width),
+          _interpolated_candidates(s.lo, width, s.n_lo, s.n_hi, k))
+      candidates = jnp.clip(candidates, s.lo + 1, s.hi)
+      return _narrowed(s, candidates, counter.count_at_least(candidates), k)
+    return lax.cond(s.n_lo - s.n_hi <= 2, lambda s: _finished(s, counter, k),
+                    count_pass, s)
+
+  return lax.while_loop(keep_going, one_pass, search)
+
+
+def _tie_cut(counter: _Counter, threshold, ties_to_keep):
+  """The largest flat-position cut keeping at most `ties_to_keep` of the
+  keys equal to `threshold` (those before it), by counting passes."""
+  total = jnp.int32(counter.total)
+
+  def keep_going(carry):
+    lo, hi = carry
+    return hi - lo > 1
+
+  def one_pass(carry):
+    lo, hi = carry
+    width = (hi - lo).astype(jnp.uint32)
+    candidates = jnp.clip(_uniform_candidates(lo.astype(jnp.uint32), width)
+                          .astype(jnp.int32), lo + 1, hi - 1)
+    counts = counter.count(lambda i, rows: [
+        (rows == threshold) & (counter.positions(i) < candidates[j])
+        for j in range(_CANDIDATES)])
+    few = counts <= ties_to_keep
+    return (jnp.maximum(lo, jnp.max(jnp.where(few, candidates, 0))),
+            jnp.minimum(hi, jnp.min(jnp.where(few, total, candidates))))
+
+  lo, _ = lax.while_loop(keep_going, one_pass,
+                         (jnp.zeros_like(ties_to_keep),
+                          jnp.full_like(ties_to_keep, total)))
+  return lo
+
+
+def _select(scores, sparsity, axis_name, hint):
+  """The masks, the hint for the next selection, and the passes taken."""
+  _check_sparsity(sparsity)
+  leaves, treedef = jax.tree.flatten(scores)
+  if not leaves:
+    return scores, hint, jnp.zeros([], jnp.int32)
+  sharded, shards, names = _sharded_leaves(leaves, axis_name)
+  sizes = [int(np.prod(np.shape(leaf))) for leaf in leaves]
+  global_sizes = [size * (shards if s else 1)
+                  for size, s in zip(sizes, sharded)]
+  total = sum(global_sizes)
+  if total > _MAX_ENTRIES:
+    raise ValueError(
+        f"topk_masks supports at most {_MAX_ENTRIES} scores, got {total}")
+  if total == 0:
+    return (jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), bool), scores),
+            hint, jnp.zeros([], jnp.int32))
+
+  if isinstance(sparsity, jax.core.Tracer):
+    k = _traced_num_to_keep(sparsity, total)
+  else:
+    k = jnp.int32(num_to_keep(sparsity, total))
+
+  counter = _Counter([order_preserving_keys(leaf) for leaf in leaves],
+                     sharded, names, sizes, global_sizes)
+  search = _threshold_search(counter, k, hint)
+  threshold = search.lo
+  ties_to_keep = k - search.n_hi
+  cut = lax.cond(search.n_lo - search.n_hi > ties_to_keep,
+                 lambda: _tie_cut(counter, threshold, ties_to_keep),
+                 lambda: jnp.full_like(k, total))
+  masks = counter.masks(threshold, cut)
+  # k == 0 keeps nothing; its bracket ends at the largest key, which is
+  # not a threshold to start the next search from.
+  if hint is not None:
+    hint = TopKHint(
+        threshold=jnp.where(k > 0, threshold, hint.threshold),
+        previous=jnp.where(k > 0, hint.threshold, hint.previous),
+        selections=jnp.where(k > 0, jnp.minimum(hint.selections + 1, 2),
+                             hint.selections).astype(jnp.int32))
+  return jax.tree.unflatten(treedef, masks), hint, search.passes
+
+
 def topk_masks(scores: PyTree, sparsity: Sparsity,
                axis_name: Optional[AxisName] = None) -> PyTree:
   """Exact global top-k masks over a pytree of scores.
@@ -221,9 +606,12 @@ def topk_masks(scores: PyTree, sparsity: Sparsity,
   Keeps exactly `k = N - round(sparsity * N)` entries, `N` being the number of
   entries over all leaves: the highest scores first, ties at the threshold
   broken by flat position (lowest index within the leaf order first). The
-  k-th largest score is found by a radix select over order-preserving 32-bit
-  keys (one counting pass per bit, counts summed across leaves), so the cost
-  is linear in `N` and no sort or concatenation happens. Pure and jittable.
+  k-th largest score is found by counting passes over order-preserving
+  32-bit keys: each pass counts the keys above a few candidate thresholds
+  at once and narrows the bracket around the threshold (evenly, or where
+  the counts say it lies), so the cost is linear in `N` and no sort or
+  concatenation happens. Pure and jittable. `warm_topk_masks` gives the
+  same masks starting from where the last selection ended.
 
   Under `jax.jit`, scores sharded over a mesh are counted shard by shard
   (each pass all-reduces scalar counts; no leaf is gathered onto one device)
@@ -258,76 +646,40 @@ def topk_masks(scores: PyTree, sparsity: Sparsity,
     A pytree of bool arrays with the structure of `scores` (`None` where
     `scores` has `None`), True for kept entries.
   """
-  _check_sparsity(sparsity)
-  leaves, treedef = jax.tree.flatten(scores)
-  if not leaves:
-    return scores
-  sharded, shards, names = _sharded_leaves(leaves, axis_name)
-  sizes = [int(np.prod(np.shape(leaf))) for leaf in leaves]
-  global_sizes = [size * (shards if s else 1)
-                  for size, s in zip(sizes, sharded)]
-  total = sum(global_sizes)
-  if total > _MAX_ENTRIES:
-    raise ValueError(
-        f"topk_masks supports at most {_MAX_ENTRIES} scores, got {total}")
-  if total == 0:
-    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), bool), scores)
+  return _select(scores, sparsity, axis_name, None)[0]
 
-  if isinstance(sparsity, jax.core.Tracer):
-    k = _traced_num_to_keep(sparsity, total)
-  else:
-    k = jnp.int32(num_to_keep(sparsity, total))
 
-  keys = [order_preserving_keys(leaf) for leaf in leaves]
+def warm_topk_masks(scores: PyTree, sparsity: Sparsity, hint: TopKHint,
+                    axis_name: Optional[AxisName] = None
+                    ) -> Tuple[PyTree, TopKHint]:
+  """`topk_masks`, starting the search from where the last ones ended.
 
-  def count(predicate):
-    """Entries over all leaves (all shards) where predicate(i, key) holds."""
-    local, replicated = jnp.int32(0), jnp.int32(0)
-    for i, key in enumerate(keys):
-      n = jnp.sum(predicate(i, key), dtype=jnp.int32)
-      if sharded[i]:
-        local = local + n
-      else:
-        replicated = replicated + n
-    if any(sharded):
-      return lax.psum(local, names) + replicated
-    return replicated
+  Between two refreshes of a training run the scores, and so the
+  threshold, move little. The first counting pass looks around the last
+  threshold moved by its last move (at several distances at once), which
+  leaves a narrow bracket, and the next passes interpolate within it; when
+  the scores moved a lot, the search widens and goes on as the cold one
+  does. The masks are exactly those of `topk_masks(scores, sparsity,
+  axis_name)` (same count, same tie rule) whatever the hint holds.
 
-  # Radix select: the largest key t with count(key >= t) >= k. The carries
-  # start typed like `k` so that they match the loop outputs in shard_map.
-  def threshold_bit(i, t):
-    candidate = t | (np.uint32(1) << (31 - i).astype(jnp.uint32))
-    n = count(lambda _, key: key >= candidate)
-    return jnp.where(n >= k, candidate, t)
+  Args:
+    scores: as for `topk_masks`.
+    sparsity: as for `topk_masks`.
+    hint: the `TopKHint` this function returned last time for these
+      scores, or `empty_hint()` at the start.
+    axis_name: as for `topk_masks`.
 
-  threshold = lax.fori_loop(0, 32, threshold_bit,
-                            jnp.zeros_like(k, jnp.uint32))
-  num_above = count(lambda _, key: key > threshold)
-  num_ties = count(lambda _, key: key == threshold)
-  ties_to_keep = k - num_above
+  Returns:
+    `(masks, hint)`: the masks of `topk_masks` and the hint for the next
+    call.
+  """
+  masks, hint, _ = _select(scores, sparsity, axis_name, hint)
+  return masks, hint
 
-  offsets = np.cumsum([0] + global_sizes[:-1])
 
-  def positions(i):
-    offset = jnp.int32(offsets[i])
-    if sharded[i]:
-      offset = offset + lax.axis_index(names) * jnp.int32(sizes[i])
-    return _flat_positions(keys[i], offset)
-
-  # Among the ties, keep those whose global flat position is below a cut:
-  # the largest cut with count(tie & position < cut) <= ties_to_keep.
-  index_bits = max(total.bit_length(), 1)
-
-  def cut_bit(i, cut):
-    candidate = cut | (jnp.int32(1) << (index_bits - 1 - i))
-    n = count(lambda j, key: (key == threshold) & (positions(j) < candidate))
-    return jnp.where(n <= ties_to_keep, candidate, cut)
-
-  cut = lax.cond(
-      num_ties > ties_to_keep,
-      lambda: lax.fori_loop(0, index_bits, cut_bit, jnp.zeros_like(k)),
-      lambda: jnp.full_like(k, total))
-
-  masks = [(key > threshold) | ((key == threshold) & (positions(i) < cut))
-           for i, key in enumerate(keys)]
-  return jax.tree.unflatten(treedef, masks)
+def selection_passes(scores: PyTree, sparsity: Sparsity,
+                     hint: Optional[TopKHint] = None,
+                     axis_name: Optional[AxisName] = None) -> jax.Array:
+  """How many passes over the scores the threshold search takes (int32):
+  cold without `hint`, warm with it. For benchmarks and tests."""
+  return _select(scores, sparsity, axis_name, hint)[2]
