@@ -11,6 +11,7 @@
   `optg_jax.workdir.Workdir`.
 """
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -34,6 +35,8 @@ from optg_jax.errors import ConfigChanged
 from optg_jax.errors import ConfigError
 from optg_jax.errors import OldCheckpoint
 from optg_jax.errors import WorkdirError
+from optg_jax import topk
+from optg_jax.transform import OptGState
 
 STATE_ITEM = "state"
 DIGEST_ITEM = "digest"
@@ -44,8 +47,17 @@ SET_ASIDE_DIR = "corrupted_checkpoints"
 # state holds the masks the last step trained with (`trained_masks`), and
 # the run's summary reports them; checkpoints without it (format 1) were
 # written by earlier releases, which reported the refresh after the last
-# step instead.
-FORMAT = 2
+# step instead. 3: the transform state also holds where its last top-k
+# found the threshold (`topk_hint`, the warm start of the next refresh); a
+# checkpoint of format 2 is restored with an empty hint, so its next refresh
+# searches from scratch and draws the same masks.
+FORMAT = 3
+READABLE_FORMATS = (2, 3)
+
+# The transform's state as format 2 saved it (the same field names, so the
+# same paths and digest).
+_OptGStateFormat2 = collections.namedtuple(
+    "OptGState", ["count", "scores", "momentum", "masks", "trained_masks"])
 
 # Fields a restart may change: they decide what is logged, evaluated, kept
 # and where data is read from, never the weights a step computes. Every
@@ -270,26 +282,62 @@ def check_saved_by(manager: ocp.CheckpointManager, step: int,
 
 
 def check_format_of(record: Dict[str, Any], directory) -> None:
-  """Raises OldCheckpoint for the digest record of an earlier format."""
+  """Raises OldCheckpoint for the digest record of a format not read."""
   found = record.get("format", 1)
-  if found != FORMAT:
+  if found not in READABLE_FORMATS:
+    readable = " and ".join(map(str, READABLE_FORMATS))
+    if isinstance(found, int) and found > FORMAT:
+      raise OldCheckpoint(
+          f"the checkpoints in {directory} were written by a later release "
+          f"of optg_jax (checkpoint format {found}, this release reads "
+          f"{readable}); use that release")
     raise OldCheckpoint(
         f"the checkpoints in {directory} were written by an earlier "
         f"release of optg_jax (checkpoint format {found}, this release "
-        f"reads {FORMAT}): their runs reported the masks of a refresh after "
-        "the last step, which no step trained with; finish or evaluate "
-        "them with that release, or start the run again in a new workdir")
+        f"reads {readable}): their runs reported the masks of a refresh "
+        "after the last step, which no step trained with; finish or "
+        "evaluate them with that release, or start the run again in a new "
+        "workdir")
+
+
+def _is_optg_state(x) -> bool:
+  return isinstance(x, (OptGState, _OptGStateFormat2))
+
+
+def _in_format(state, found: int):
+  """`state` (of this release's structure) in the structure of `found`."""
+  if found != 2:
+    return state
+  return jax.tree.map(
+      lambda x: _OptGStateFormat2(*x[:5]) if _is_optg_state(x) else x,
+      state, is_leaf=_is_optg_state)
+
+
+def _upgraded(state, found: int):
+  """A state restored in the structure of `found`, in this release's."""
+  if found != 2:
+    return state
+  hint = jax.tree.map(np.asarray, topk.empty_hint())
+  return jax.tree.map(
+      lambda x: OptGState(*x, topk_hint=hint)
+      if isinstance(x, _OptGStateFormat2) else x,
+      state, is_leaf=_is_optg_state)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, template):
   """The checkpoint of `step` in `template`'s structure, verified.
 
+  A checkpoint of format 2 is read in its own structure, verified against
+  its digest, and given the empty top-k hint of this release's state.
+
   Raises:
     ValueError: saying what is wrong (digest, non-finite leaf, step); or
       the storage layers' error for files that cannot be read.
   """
+  record = digest_record(manager, step)
+  found = FORMAT if record is None else record.get("format", 1)
   restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardRestore(template),
+      STATE_ITEM: ocp.args.StandardRestore(_in_format(template, found)),
       DIGEST_ITEM: ocp.args.JsonRestore(),
   }))
   state, record = restored[STATE_ITEM], restored[DIGEST_ITEM]
@@ -303,7 +351,7 @@ def restore(manager: ocp.CheckpointManager, step: int, template):
     raise ValueError(f"non-finite values in {bad}")
   if int(state.step) != step:
     raise ValueError(f"it holds step {int(state.step)}")
-  return state
+  return _upgraded(state, found)
 
 
 def _reason(error: BaseException) -> str:

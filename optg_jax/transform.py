@@ -57,6 +57,10 @@ class OptGState(NamedTuple):
   # far (before any update, the initial masks). They differ from `masks`
   # only just after a refresh, which drew `masks` for the steps to come.
   trained_masks: PyTree
+  # Where the last refreshes found the top-k threshold: the next refresh's
+  # search starts there (`topk.warm_topk_masks`; the masks are those of a
+  # search from scratch whatever it holds).
+  topk_hint: topk.TopKHint
 
 
 def zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
@@ -345,7 +349,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     else:
       scores = buffers = jax.tree.map(lambda _: None, masks)
     return OptGState(count=jnp.zeros([], jnp.int32), scores=scores,
-                     momentum=buffers, masks=masks, trained_masks=masks)
+                     momentum=buffers, masks=masks, trained_masks=masks,
+                     topk_hint=topk.empty_hint())
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -385,20 +390,29 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                          jnp.float32(nm_sparsity), 0.0, 1.0)
         return nm.progressive_nm_masks(_rankings(rank), structure.n,
                                        structure.m, share,
-                                       indivisible=indivisible)
-      return topk.topk_masks(_rankings(rank), sparsity_at(next_step),
-                             axis_name=axis_name)
+                                       indivisible=indivisible), state.topk_hint
+      return topk.warm_topk_masks(_rankings(rank), sparsity_at(next_step),
+                                  state.topk_hint, axis_name=axis_name)
 
     next_step = optax.safe_int32_increment(step)
     refresh = next_step % update_every == 0
     if total_steps is not None:  # No refresh after the run's last step.
       refresh &= next_step < total_steps
-    new_masks = jax.lax.cond(refresh, refreshed, lambda: masks)
+    kept = lambda: (masks, state.topk_hint)
+    if update_every == 1:
+      # Every step refreshes (but the last): a select of the new masks
+      # costs less than a branch, whose operands XLA copies.
+      drawn, hint = refreshed()
+      new_masks, new_hint = jax.tree.map(
+          lambda new, old: jnp.where(refresh, new, old), (drawn, hint),
+          kept())
+    else:
+      new_masks, new_hint = jax.lax.cond(refresh, refreshed, kept)
 
     masked_updates = zero_pruned(wrapped_updates, masks)
     return masked_updates, OptGState(count=next_step, scores=scores,
                                      momentum=buffers, masks=new_masks,
-                                     trained_masks=masks)
+                                     trained_masks=masks, topk_hint=new_hint)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

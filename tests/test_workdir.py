@@ -2,6 +2,7 @@
 record, runs that cannot reach their target, I/O errors, SIGTERM in the
 final evaluation. Each test backs a row of the README's table of faults."""
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -19,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import optg_jax as optg
 from optg_jax import checkpoints
 from optg_jax import data
 from optg_jax import errors
@@ -530,13 +532,46 @@ def test_sigterm_during_eval_only_stops_and_writes_nothing(
 # Workdirs of earlier releases.
 
 
+@pytest.mark.long
+def test_a_checkpoint_of_format_2_resumes_as_uninterrupted(reference,
+                                                          tmp_path):
+  """Format 2 lacks the transform's top-k hint: the checkpoint of step 10
+  saved that way (its own digest, record format 2), the later ones
+  removed, the run resumes from it with an empty hint, and since a search
+  from scratch draws the same masks, it ends as the uninterrupted run."""
+  _, expected = reference
+  workdir = copy_of(reference, tmp_path)
+  config = runs.tiny_config()
+  manager = checkpoints.checkpoint_manager(str(workdir), config)
+  state = jax.device_get(checkpoints.restore(
+      manager, 10, train.Run(config).initial_state()))
+  is_state = lambda x: isinstance(x, optg.OptGState)
+  old_type = collections.namedtuple(
+      "OptGState", ["count", "scores", "momentum", "masks", "trained_masks"])
+  old = state.replace(opt_state=jax.tree.map(
+      lambda x: old_type(*x[:5]) if is_state(x) else x, state.opt_state,
+      is_leaf=is_state))
+  record = checkpoints.digest_record(manager, 10)
+  record.update(sha256=checkpoints.state_digest(old), format=2)
+  for step in (10, 50, 60, 69):
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+  manager.reload()
+  manager.save(10, args=ocp.args.Composite(**{
+      checkpoints.STATE_ITEM: ocp.args.StandardSave(old),
+      checkpoints.DIGEST_ITEM: ocp.args.JsonSave(record)}), force=True)
+  manager.wait_until_finished()
+
+  restored = checkpoints.restore(manager, 10, train.Run(config).initial_state())
+  assert int(optg.get_optg_state(restored.opt_state).topk_hint.selections) == 0
+  summary = train.train_and_evaluate(config, str(workdir))
+  assert_same_figures(summary, expected)
+
+
 def test_checkpoints_of_an_earlier_release_are_refused(tmp_path):
   """A checkpoint of format 1 (an `OptGState` without `trained_masks`, a
   digest without `format`): its run reported the masks of a refresh after
   the last step. Training, `eval_only` and export refuse it in one line,
   exit 2, and move nothing."""
-  import collections  # pylint: disable=g-import-not-at-top
-  import optg_jax as optg  # pylint: disable=g-import-not-at-top
   config = runs.tiny_config()
   workdir = tmp_path / "old"
   state = train.Run(config).initial_state()
@@ -557,7 +592,7 @@ def test_checkpoints_of_an_earlier_release_are_refused(tmp_path):
   before = snapshot(workdir)
   message = (f"the checkpoints in {workdir / 'checkpoints'} were written by "
              "an earlier release of optg_jax (checkpoint format 1, this "
-             "release reads 2)")
+             "release reads 2 and 3)")
   for overrides in ({}, {"eval_only": True}):
     with pytest.raises(errors.OldCheckpoint) as raised:
       train.train_and_evaluate(runs.tiny_config(**overrides), str(workdir))
