@@ -584,10 +584,11 @@ def _select(scores, sparsity, axis_name, hint):
   search = _threshold_search(counter, k, hint)
   threshold = search.lo
   ties_to_keep = k - search.n_hi
-  cut = lax.cond(search.n_lo - search.n_hi > ties_to_keep,
+  cut = lax.cond((search.n_lo - search.n_hi > ties_to_keep) & (k > 0),
                  lambda: _tie_cut(counter, threshold, ties_to_keep),
                  lambda: jnp.full_like(k, total))
-  masks = counter.masks(threshold, cut)
+  # k == 0 has no threshold: no key is "at least k-th largest".
+  masks = [m & (k > 0) for m in counter.masks(threshold, cut)]
   # k == 0 keeps nothing; its bracket ends at the largest key, which is
   # not a threshold to start the next search from.
   if hint is not None:

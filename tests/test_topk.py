@@ -154,3 +154,148 @@ def test_no_leaves_and_sparsity_near_one():
   assert topk_masks({"a": None}, 0.5) == {"a": None}
   masks = topk_masks([jnp.arange(10.0)], 0.96)  # round(9.6) = 10: keep none
   assert count(masks) == 0
+
+
+# ---------------------------------------------------------------------------
+# The warm start (`warm_topk_masks`): the masks of the cold search whatever
+# the hint holds.
+
+
+def assert_same_masks(got, want):
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def hint_of(threshold, previous, selections):
+  return topk.TopKHint(threshold=jnp.uint32(threshold),
+                       previous=jnp.uint32(previous),
+                       selections=jnp.int32(selections))
+
+
+def digits_score_trajectory(steps, update_every=1, sparsity=0.9):
+  """The OptG states of a real training run: a 64-128-10 MLP on
+  scikit-learn's digits, `mask_transform` first in the chain, batches of
+  128, one state per step."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  import optg_jax as optg  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  x = jnp.asarray(digits.data / 16.0, jnp.float32)
+  y = jnp.asarray(digits.target)
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = {"w1": jax.random.normal(keys[0], (64, 128)) * 0.125,
+            "w2": jax.random.normal(keys[1], (128, 10)) * 0.09}
+  tx = optax.chain(optg.mask_transform(sparsity, 0.5,
+                                       update_every=update_every),
+                   optax.sgd(0.1, momentum=0.9))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, xb, yb):
+    def loss(p):
+      logits = jax.nn.relu(xb @ p["w1"]) @ p["w2"]
+      return optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                             yb).mean()
+    grads = jax.grad(loss)(optg.apply_masks(params,
+                                            optg.get_masks(state)))
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  states = []
+  for t in range(steps):
+    rows = (np.arange(128) + 128 * t) % x.shape[0]
+    params, state = step(params, state, x[rows], y[rows])
+    states.append(optg.get_optg_state(state))
+  return states
+
+
+def test_refreshes_of_a_training_run_equal_the_cold_selection():
+  """Every step of a run refreshes with the warm start (the transform's
+  own): each step's masks equal the cold top-k of its scores and the sort
+  reference, and from the third refresh on the warm search takes fewer
+  passes over the scores than the cold one."""
+  states = digits_score_trajectory(40)
+  warm_passes = cold_passes = 0
+  for t, state in enumerate(states):
+    scores = [state.scores["w1"], state.scores["w2"]]
+    masks = [state.masks["w1"], state.masks["w2"]]
+    assert_same_masks(masks, topk_masks(scores, 0.9))
+    assert_same_masks(masks, reference_masks(scores, 0.9))
+    assert count(masks) == topk.num_to_keep(0.9, 64 * 128 + 128 * 10)
+    if t >= 3:
+      previous = states[t - 1]
+      assert int(previous.topk_hint.selections) == 2
+      warm_passes += int(topk.selection_passes(scores, 0.9,
+                                               previous.topk_hint))
+      cold_passes += int(topk.selection_passes(scores, 0.9))
+  assert warm_passes < cold_passes, (warm_passes, cold_passes)
+
+
+def test_any_hint_gives_the_cold_masks():
+  """Hints that are wrong in every way (far off, reversed, at the extreme
+  keys, never set) on scores with and without ties, NaN and infinities."""
+  rng = np.random.default_rng(7)
+  extreme = np.uint32(0xFFFFFFFF)
+  hints = [hint_of(0, 0, 0), hint_of(0, 0, 2), hint_of(extreme, extreme, 2),
+           hint_of(extreme, 0, 2), hint_of(0, extreme, 2),
+           hint_of(0x80000000, 0x80000000, 1)]
+  hints += [hint_of(*rng.integers(0, 2**32, 2, dtype=np.uint64), 2)
+            for _ in range(6)]
+  for tie_levels in (None, 2, 3):
+    leaves = random_tree(rng, tie_levels)
+    leaves[1].flat[:5] = [np.nan, np.inf, -np.inf, np.nan, -0.0]
+    scores = [jnp.asarray(x) for x in leaves]
+    for sparsity in (0.0, 0.5, 0.9, 0.99):
+      # NaN ranks highest here, lowest in the sort reference.
+      want = topk_masks(scores, sparsity)
+      assert count(want) == topk.num_to_keep(sparsity, sum(
+          x.size for x in leaves))
+      for hint in hints:
+        masks, new = topk.warm_topk_masks(scores, sparsity, hint)
+        assert_same_masks(masks, want)
+        assert int(new.selections) == min(int(hint.selections) + 1, 2)
+        assert int(new.previous) == int(hint.threshold)
+
+
+def test_hint_follows_the_threshold_and_a_sparsity_jump():
+  """The hint holds the key of the k-th largest score; a jump of the
+  sparsity (an epoch boundary of the reference's schedule) between two
+  selections still gives the cold masks, with the same hint either way."""
+  rng = np.random.default_rng(8)
+  leaves = random_tree(rng)
+  scores = [jnp.asarray(x) for x in leaves]
+  flat = np.sort(np.concatenate([x.reshape(-1) for x in leaves]))[::-1]
+  _, hint = topk.warm_topk_masks(scores, 0.2, topk.empty_hint())
+  k = topk.num_to_keep(0.2, flat.size)
+  assert int(hint.threshold) == int(topk.order_preserving_keys(flat[k - 1]))
+  assert int(hint.selections) == 1
+  moved = [x * 1.01 + 0.001 for x in scores]
+  for sparsity in (0.2, 0.5, 0.9, 0.99):
+    masks, next_hint = jax.jit(topk.warm_topk_masks)(moved, sparsity, hint)
+    cold, cold_hint = topk.warm_topk_masks(moved, sparsity,
+                                           topk.empty_hint())
+    assert_same_masks(masks, cold)
+    assert_same_masks(masks, reference_masks([np.asarray(x) for x in moved],
+                                             sparsity))
+    assert int(next_hint.threshold) == int(cold_hint.threshold)
+
+
+def test_traced_sparsity_and_bfloat16_scores_warm():
+  rng = np.random.default_rng(9)
+  scores = [jnp.asarray(x, jnp.bfloat16) for x in random_tree(rng)]
+  select = jax.jit(topk.warm_topk_masks)
+  _, hint = select(scores, jnp.float32(0.6), topk.empty_hint())
+  for sparsity in (0.6, 0.61, 0.7):
+    masks, hint = select(scores, jnp.float32(sparsity), hint)
+    assert_same_masks(masks, topk_masks(scores, jnp.float32(sparsity)))
+
+
+def test_nothing_kept_leaves_the_hint_as_it_was():
+  """k == 0 (a sparsity that rounds every entry away) keeps nothing and
+  has no threshold to remember."""
+  scores = [jnp.arange(3, dtype=jnp.float32)]
+  hint = hint_of(0x90000000, 0x8F000000, 2)
+  masks, new = topk.warm_topk_masks(scores, 0.9, hint)
+  assert count(masks) == topk.num_to_keep(0.9, 3) == 0
+  assert (int(new.threshold), int(new.previous), int(new.selections)) == (
+      0x90000000, 0x8F000000, 2)
