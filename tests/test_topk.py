@@ -299,3 +299,28 @@ def test_nothing_kept_leaves_the_hint_as_it_was():
   assert count(masks) == topk.num_to_keep(0.9, 3) == 0
   assert (int(new.threshold), int(new.previous), int(new.selections)) == (
       0x90000000, 0x8F000000, 2)
+
+
+@pytest.mark.parametrize("tie_levels", [None, 2])
+def test_flat_layout_gives_the_same_masks_and_hint(tie_levels):
+  rng = np.random.default_rng(10 + (tie_levels or 0))
+  leaves = random_tree(rng, tie_levels)
+  scores = [jnp.asarray(x) for x in leaves]
+  for sparsity in (0.0, 0.3, 0.9, 0.99):
+    want = topk_masks(scores, sparsity)
+    assert_same_masks(topk_masks(scores, sparsity, layout="flat"), want)
+    _, hint = topk.warm_topk_masks(scores, 0.5, topk.empty_hint())
+    got, got_hint = jax.jit(lambda s, h, p=sparsity: topk.warm_topk_masks(
+        s, p, h, layout="flat"))(scores, hint)
+    _, want_hint = topk.warm_topk_masks(scores, sparsity, hint)
+    assert_same_masks(got, want)
+    assert int(got_hint.threshold) == int(want_hint.threshold)
+    for mask, leaf in zip(got, leaves):
+      assert mask.shape == leaf.shape
+
+
+def test_bad_layout_is_refused():
+  with pytest.raises(ValueError, match="layout must be one of"):
+    topk_masks([jnp.zeros(3)], 0.5, layout="concatenated")
+  with pytest.raises(ValueError, match="not supported with axis_name"):
+    topk_masks([jnp.zeros(3)], 0.5, axis_name="data", layout="flat")
