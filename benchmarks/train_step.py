@@ -1,12 +1,17 @@
-"""Cost of OptG in the train step: OptG step against the same dense step.
+"""Cost of OptG in the train step: OptG steps against the same dense step.
 
 Builds the harness's own pmapped train step (`optg_jax.train.train_step`)
-twice, for `method="optg"` and `method="dense"`, on the same model, batch and
-devices, and times them in alternation after compiling both; prints the
-median of each and their ratio. No mask refresh happens in the timed OptG
-steps (the refresh period is set beyond the run); the cost of one refresh (the
-global top-k of all scores) is timed on its own and amortised over an ImageNet
-epoch of 5,005 steps (batch 256).
+three times on the same model, batch and devices: `method="dense"`;
+`method="optg"` with the refresh once an epoch (no refresh happens in the
+timed steps: the refresh period is set beyond them); and `method="optg"`
+with a refresh every step (`update_every_steps=1`), started at step 9,000 of
+the run's 10,000 so that the target is constant (epoch 9 of the reference's
+schedule), its scores trained for a few steps before timing, each timed
+step drawing new masks with the warm-started top-k. They are timed in
+alternation after compiling; it prints the median of each and the ratios to
+the dense step. The cost of one cold refresh (the global top-k of all
+scores) is also timed on its own and amortised over an ImageNet epoch of
+5,005 steps (batch 256).
 
   python benchmarks/train_step.py [--model resnet50] [--batch_size 16] \
       [--image_size 128] [--repeats 7]
@@ -30,7 +35,10 @@ from configs import fake_data_benchmark  # pylint: disable=g-import-not-at-top
 from optg_jax import train  # pylint: disable=g-import-not-at-top
 
 
-def build(method, args):
+EVERY_STEP_START = 9000  # Of the 10 epochs of 1,000 steps.
+
+
+def build(method, args, every_step=False):
   config = fake_data_benchmark.get_config()
   config.model = args.model
   config.method = method
@@ -43,10 +51,19 @@ def build(method, args):
   # 1,000 steps), draws the last step's masks; the timed steps never reach
   # it.
   config.update_every_steps = config.num_epochs * 1000 - 1
+  if every_step:
+    config.update_every_steps = 1
   run = train.Run(config)
-  state = train.replicate(run.initial_state())
+  state = run.initial_state()
+  if every_step:
+    is_optg = lambda x: isinstance(x, optg.OptGState)
+    state = state.replace(
+        step=np.int32(EVERY_STEP_START),
+        opt_state=jax.tree.map(
+            lambda x: x._replace(count=np.int32(EVERY_STEP_START))
+            if is_optg(x) else x, state.opt_state, is_leaf=is_optg))
   p_train, _ = run.compiled_steps()
-  return run, state, p_train
+  return run, train.replicate(state), p_train
 
 
 def main():
@@ -56,6 +73,9 @@ def main():
   parser.add_argument("--image_size", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--half_precision", action="store_true")
+  parser.add_argument("--warmup_steps", type=int, default=4,
+                      help="steps before timing (compiles; the every-step "
+                      "run's scores train and its top-k hint is set)")
   args = parser.parse_args()
 
   devices = jax.local_device_count()
@@ -69,11 +89,13 @@ def main():
   }
   batch = next(jax_utils.prefetch_to_device(iter([batch]), 1))
 
-  runs = {m: build(m, args) for m in ("dense", "optg")}
+  runs = {"dense": build("dense", args),
+          "optg": build("optg", args),
+          "optg every step": build("optg", args, every_step=True)}
   states = {m: r[1] for m, r in runs.items()}
   times = {m: [] for m in runs}
   for method, (_, _, step) in runs.items():  # Compile and warm up.
-    for _ in range(2):
+    for _ in range(args.warmup_steps):
       states[method], metrics = step(states[method], batch)
     jax.block_until_ready(metrics)
   for _ in range(args.repeats):
@@ -85,6 +107,10 @@ def main():
 
   dense = statistics.median(times["dense"])
   sparse = statistics.median(times["optg"])
+  every = statistics.median(times["optg every step"])
+  every_state = optg.get_optg_state(states["optg every step"].opt_state)
+  refreshed = int(np.asarray(every_state.count)[0]) - EVERY_STEP_START
+  hint_set = int(np.asarray(every_state.topk_hint.selections)[0]) == 2
 
   scores = jax.tree.map(lambda x: x[0],
                         optg.get_optg_state(states["optg"].opt_state).scores)
@@ -102,8 +128,13 @@ def main():
         f"{args.model}, batch {args.batch_size}, {args.image_size}x"
         f"{args.image_size}, {'bf16' if args.half_precision else 'fp32'}")
   print(f"dense step: {dense * 1e3:9.1f} ms (median of {args.repeats})")
-  print(f"OptG step:  {sparse * 1e3:9.1f} ms (median of {args.repeats})")
-  print(f"OptG / dense: {sparse / dense:.3f}x")
+  print(f"OptG step, refresh once an epoch: {sparse * 1e3:9.1f} ms (median of "
+        f"{args.repeats}; no refresh among the timed steps)")
+  print(f"OptG step, refresh every step: {every * 1e3:9.1f} ms (median of "
+        f"{args.repeats}; {refreshed} steps from step {EVERY_STEP_START:,}, "
+        f"each refreshing, warm start in use: {hint_set})")
+  print(f"OptG once an epoch / dense: {sparse / dense:.3f}x")
+  print(f"OptG every step / dense:    {every / dense:.3f}x")
   print(f"one mask refresh (top-k of {prunable:,} scores): "
         f"{refresh_s * 1e3:.1f} ms = {refresh_s / dense:.2f} dense steps; "
         f"once per 5,005-step epoch: +{100 * refresh_s / dense / 5005:.3f}%")

@@ -25,6 +25,8 @@ from optg_jax.schedules import sigmoid_sparsity_schedule
 from optg_jax.schedules import supermask_learning_rate
 from optg_jax.schedules import TARGET_TOLERANCE
 from optg_jax.topk import topk_masks
+from optg_jax.topk import TopKHint
+from optg_jax.topk import warm_topk_masks
 from optg_jax.masks import apply_masks
 from optg_jax.transform import CRITERIA
 from optg_jax.transform import forced_count
@@ -48,6 +50,7 @@ __all__ = (
     "STATIC_ARGS",
     "SigmoidSparsity",
     "TARGET_TOLERANCE",
+    "TopKHint",
     "apply_masks",
     "epochwise_cosine_schedule",
     "export_sparse",
@@ -72,4 +75,5 @@ __all__ = (
     "topk_masks",
     "trained_masks",
     "trained_params",
+    "warm_topk_masks",
 )

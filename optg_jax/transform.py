@@ -44,7 +44,7 @@ SCORE_NORMALIZATIONS = (None, "layer_rms")
 # the scores may be injected.
 STATIC_ARGS = ("sparsity", "update_every", "where", "criterion",
                "score_normalization", "min_kept_per_unit", "axis_name",
-               "structure", "indivisible", "total_steps")
+               "structure", "indivisible", "total_steps", "topk_layout")
 
 
 class OptGState(NamedTuple):
@@ -180,7 +180,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                    axis_name: Optional[topk.AxisName] = None,
                    structure=None,
                    indivisible: str = "dense",
-                   total_steps: Optional[int] = None
+                   total_steps: Optional[int] = None,
+                   topk_layout: str = "leaves"
                    ) -> optax.GradientTransformation:
   """OptG: learns global top-k masks from accumulated gradient-driven scores.
 
@@ -272,6 +273,10 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       `sigmoid_sparsity_schedule` whose last trained masks fall short of
       its target by more than `TARGET_TOLERANCE` is a warning naming the
       `beta` or number of epochs that would reach it.
+    topk_layout: how the refresh's top-k reads the scores (`topk.topk_masks`'s
+      `layout`): "leaves" (the default; each in its own shape, sharded or
+      not) or "flat" (concatenated first: several times faster on a GPU,
+      slower on the CPU; for unsharded scores). The masks are the same.
 
   With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
   scores' learning rate and momentum can then be injected, and the refreshes
@@ -286,6 +291,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   """
   update_every, total_steps = _checked_period(sparsity, update_every,
                                               total_steps)
+  topk.check_layout(topk_layout, axis_name)
   min_kept_per_unit, structure = _checked_options(
       sparsity, momentum, criterion, score_normalization, min_kept_per_unit,
       axis_name, structure, indivisible)
@@ -392,7 +398,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                                        structure.m, share,
                                        indivisible=indivisible), state.topk_hint
       return topk.warm_topk_masks(_rankings(rank), sparsity_at(next_step),
-                                  state.topk_hint, axis_name=axis_name)
+                                  state.topk_hint, axis_name=axis_name,
+                                  layout=topk_layout)
 
     next_step = optax.safe_int32_increment(step)
     refresh = next_step % update_every == 0

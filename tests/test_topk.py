@@ -172,7 +172,8 @@ def hint_of(threshold, previous, selections):
                        selections=jnp.int32(selections))
 
 
-def digits_score_trajectory(steps, update_every=1, sparsity=0.9):
+def digits_score_trajectory(steps, update_every=1, sparsity=0.9,
+                            topk_layout="leaves"):
   """The OptG states of a real training run: a 64-128-10 MLP on
   scikit-learn's digits, `mask_transform` first in the chain, batches of
   128, one state per step."""
@@ -186,7 +187,8 @@ def digits_score_trajectory(steps, update_every=1, sparsity=0.9):
   params = {"w1": jax.random.normal(keys[0], (64, 128)) * 0.125,
             "w2": jax.random.normal(keys[1], (128, 10)) * 0.09}
   tx = optax.chain(optg.mask_transform(sparsity, 0.5,
-                                       update_every=update_every),
+                                       update_every=update_every,
+                                       topk_layout=topk_layout),
                    optax.sgd(0.1, momentum=0.9))
   state = tx.init(params)
 
@@ -215,19 +217,22 @@ def test_refreshes_of_a_training_run_equal_the_cold_selection():
   reference, and from the third refresh on the warm search takes fewer
   passes over the scores than the cold one."""
   states = digits_score_trajectory(40)
+  cold = jax.jit(lambda s: topk_masks(s, 0.9))
+  passes = jax.jit(lambda s, h: (topk.selection_passes(s, 0.9, h),
+                                 topk.selection_passes(s, 0.9)))
   warm_passes = cold_passes = 0
   for t, state in enumerate(states):
     scores = [state.scores["w1"], state.scores["w2"]]
     masks = [state.masks["w1"], state.masks["w2"]]
-    assert_same_masks(masks, topk_masks(scores, 0.9))
+    assert_same_masks(masks, cold(scores))
     assert_same_masks(masks, reference_masks(scores, 0.9))
     assert count(masks) == topk.num_to_keep(0.9, 64 * 128 + 128 * 10)
     if t >= 3:
       previous = states[t - 1]
       assert int(previous.topk_hint.selections) == 2
-      warm_passes += int(topk.selection_passes(scores, 0.9,
-                                               previous.topk_hint))
-      cold_passes += int(topk.selection_passes(scores, 0.9))
+      warm, from_scratch = passes(scores, previous.topk_hint)
+      warm_passes += int(warm)
+      cold_passes += int(from_scratch)
   assert warm_passes < cold_passes, (warm_passes, cold_passes)
 
 
@@ -250,8 +255,9 @@ def test_any_hint_gives_the_cold_masks():
       want = topk_masks(scores, sparsity)
       assert count(want) == topk.num_to_keep(sparsity, sum(
           x.size for x in leaves))
+      select = jax.jit(lambda x, h, p=sparsity: topk.warm_topk_masks(x, p, h))
       for hint in hints:
-        masks, new = topk.warm_topk_masks(scores, sparsity, hint)
+        masks, new = select(scores, hint)
         assert_same_masks(masks, want)
         assert int(new.selections) == min(int(hint.selections) + 1, 2)
         assert int(new.previous) == int(hint.threshold)
@@ -306,13 +312,15 @@ def test_flat_layout_gives_the_same_masks_and_hint(tie_levels):
   rng = np.random.default_rng(10 + (tie_levels or 0))
   leaves = random_tree(rng, tie_levels)
   scores = [jnp.asarray(x) for x in leaves]
+  _, hint = jax.jit(lambda s: topk.warm_topk_masks(
+      s, 0.5, topk.empty_hint()))(scores)
   for sparsity in (0.0, 0.3, 0.9, 0.99):
-    want = topk_masks(scores, sparsity)
-    assert_same_masks(topk_masks(scores, sparsity, layout="flat"), want)
-    _, hint = topk.warm_topk_masks(scores, 0.5, topk.empty_hint())
+    want, want_hint = jax.jit(lambda s, h, p=sparsity: topk.warm_topk_masks(
+        s, p, h))(scores, hint)
+    assert_same_masks(jax.jit(lambda s, p=sparsity: topk_masks(
+        s, p, layout="flat"))(scores), want)
     got, got_hint = jax.jit(lambda s, h, p=sparsity: topk.warm_topk_masks(
         s, p, h, layout="flat"))(scores, hint)
-    _, want_hint = topk.warm_topk_masks(scores, sparsity, hint)
     assert_same_masks(got, want)
     assert int(got_hint.threshold) == int(want_hint.threshold)
     for mask, leaf in zip(got, leaves):
@@ -324,3 +332,17 @@ def test_bad_layout_is_refused():
     topk_masks([jnp.zeros(3)], 0.5, layout="concatenated")
   with pytest.raises(ValueError, match="not supported with axis_name"):
     topk_masks([jnp.zeros(3)], 0.5, axis_name="data", layout="flat")
+
+
+def test_transform_with_the_flat_layout_trains_the_same_run():
+  """`mask_transform(topk_layout="flat")`: the same masks at every step, so
+  the same run, bit for bit."""
+  leaves_run = digits_score_trajectory(12, update_every=3)
+  flat_run = digits_score_trajectory(12, update_every=3, topk_layout="flat")
+  for a, b in zip(leaves_run, flat_run):
+    assert_same_masks(a.masks, b.masks)
+    assert_same_masks(a.scores, b.scores)
+  assert int(flat_run[-1].topk_hint.selections) == 2
+  with pytest.raises(ValueError, match="layout must be one of"):
+    import optg_jax as optg  # pylint: disable=g-import-not-at-top
+    optg.mask_transform(0.5, 0.1, topk_layout="sorted")
