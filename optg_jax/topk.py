@@ -298,10 +298,8 @@ class _Counter:
 
   def positions(self, i) -> jax.Array:
     """Global flat positions of leaf `i`'s entries, in its row view."""
-    offset = jnp.int32(self.offsets[i])
-    if self.sharded[i]:
-      offset = offset + lax.axis_index(self.names) * jnp.int32(self.sizes[i])
-    return self._rows(_flat_positions(self.keys[i], offset), self.widths[i])
+    return self._rows(_flat_positions(self.keys[i], self._offset(i)),
+                      self.widths[i])
 
   def _combine(self, per_leaf, reduce_sharded, reduce_replicated):
     local = [v for v, s in zip(per_leaf, self.sharded) if s]
@@ -372,6 +370,7 @@ class _Counter:
     return out
 
   def _offset(self, i):
+    """The global flat position of leaf `i`'s first entry (its shard's)."""
     offset = jnp.int32(self.offsets[i])
     if self.sharded[i]:
       offset = offset + lax.axis_index(self.names) * jnp.int32(self.sizes[i])
@@ -672,7 +671,7 @@ def topk_masks(scores: PyTree, sparsity: Sparsity,
       large operations instead of a few per leaf: on a GPU, where a pass
       over ResNet-50's 54 kernels costs more in kernel launches than in
       reading the scores, it is several times faster (see
-      `benchmarks/accelerator.py`); on the CPU it is slower. The masks are
+      `benchmarks/accelerator.py`); on the CPU it is no faster. The masks are
       the same. Under `jax.jit` it gathers sharded scores (use "leaves");
       not supported with `axis_name`.
 

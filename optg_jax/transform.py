@@ -276,7 +276,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     topk_layout: how the refresh's top-k reads the scores (`topk.topk_masks`'s
       `layout`): "leaves" (the default; each in its own shape, sharded or
       not) or "flat" (concatenated first: several times faster on a GPU,
-      slower on the CPU; for unsharded scores). The masks are the same.
+      no faster on the CPU; for unsharded scores). The masks are the same.
 
   With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
   scores' learning rate and momentum can then be injected, and the refreshes

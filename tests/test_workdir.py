@@ -629,3 +629,17 @@ def test_checkpoints_of_an_earlier_release_are_refused(tmp_path):
                             files.items() if k != checkpoints.LOCK_FILE}
   assert contents(snapshot(workdir)) == contents(before)
   assert not (workdir / checkpoints.SET_ASIDE_DIR).exists()
+
+
+def test_formats_read_and_refused():
+  """Formats 2 and 3 are read; 1 is refused as an earlier release's, a
+  later one as a later release's, each naming the directory."""
+  for readable in (2, 3):
+    checkpoints.check_format_of({"format": readable}, "/runs/a")
+  with pytest.raises(errors.OldCheckpoint, match="earlier release .*format 1"):
+    checkpoints.check_format_of({}, "/runs/a")
+  with pytest.raises(errors.OldCheckpoint,
+                     match=r"/runs/a were written by a later release of "
+                     r"optg_jax \(checkpoint format 4, this release reads 2 "
+                     r"and 3\); use that release"):
+    checkpoints.check_format_of({"format": 4}, "/runs/a")
