@@ -35,9 +35,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.shuffle_buffer_size = 16 * 1024
 
   # Sparsity: OptG, its magnitude-pruning baseline, or a dense run.
-  config.method = "optg"  # "optg" | "magnitude" | "dense"
+  # "optg" | "magnitude" | "taylor" (opt-in: the one-shot criterion OptG
+  # accumulates, -G * W summed since the last refresh) | "dense".
+  config.method = "optg"
   config.sparsity = 0.9  # Target sparsity P of the prunable weights.
   config.beta = 1.0  # Steepness of the sigmoid sparsity schedule.
+  # "epoch" (the paper: the sigmoid's sparsity is set once an epoch) | "step"
+  # (opt-in: it rises at every step, for refreshes more often than an epoch).
+  config.sparsity_granularity = "epoch"
   config.mask_momentum = 0.9  # Momentum of the scores' SGD.
   config.update_every_steps = 0  # Mask refresh period; 0: once an epoch.
   # "" (the paper: unstructured) or "N:M", e.g. "2:4": n kept weights in every

@@ -42,8 +42,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base training config.",
                                 lock_config=True)
 flags.DEFINE_list("methods", ["optg", "magnitude", "dense"],
-                  "Methods: optg, magnitude, dense, with modifiers such as "
-                  "optg+every1, optg+floor1, optg+rms, optg+2:4.")
+                  "Methods: optg, magnitude, taylor, dense, with modifiers "
+                  "such as optg+every1, optg+epoch+stepwise, optg+floor1, "
+                  "optg+rms, optg+2:4.")
 flags.DEFINE_list("sparsities", ["0.9", "0.95", "0.98", "0.99"],
                   "Target sparsities of the unstructured sparse methods.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
@@ -223,7 +224,9 @@ def _study(verbose):
       rows = study.run_study(config, runs, workdir, train.train_and_evaluate,
                              lambda run: checked[run].total_steps,
                              progress=progress,
-                             stop_on=(train.Preempted, KeyboardInterrupt))
+                             stop_on=(train.Preempted, KeyboardInterrupt),
+                             refresh_period=lambda run: (
+                                 checked[run].update_every))
     except train.Preempted as e:
       print(f"{e}; the study stops here and the same command resumes it",
             file=sys.stderr)

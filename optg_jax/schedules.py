@@ -1,7 +1,9 @@
 """Schedules of OptG: sparsity, mask learning rate, the reference's lr.
 
 Sparsity rises along a sigmoid centred on the middle of training, in whole
-epochs: `s(t) = P * sigmoid(beta * (floor(t / steps_per_epoch) - E / 2))`.
+epochs: `s(t) = P * sigmoid(beta * (floor(t / steps_per_epoch) - E / 2))`
+(the paper's; opt-in, `granularity="step"` drops the `floor` and the
+sparsity rises at every step).
 The scores' learning rate follows the weights' one, scaled by how far pruning
 has gone: `mask_lr(t) = lr(t) * s(t) / P`. The weights' learning rate of the
 paper's recipes is `epochwise_cosine_schedule`: set once per epoch, a linear
@@ -38,20 +40,33 @@ def _check_positive_int(value, name: str) -> None:
 TARGET_TOLERANCE = 1e-3
 
 
+GRANULARITIES = ("epoch", "step")
+
+
 @dataclasses.dataclass(frozen=True)
 class SigmoidSparsity:
   """OptG's sigmoid sparsity schedule, `step -> sparsity` (float32 scalar).
 
   `target * sigmoid(beta * (floor(step / steps_per_epoch) - total_epochs /
-  2))`: constant within an epoch. Built by `sigmoid_sparsity_schedule`; it
-  knows the run it was built for (`total_steps`), so `mask_transform` can
-  stop refreshing when the run ends and warn when the run's last masks fall
-  short of `target`.
+  2))`: constant within an epoch (`granularity="epoch"`, the paper), or
+  without the `floor`, rising at every step (`"step"`). Built by
+  `sigmoid_sparsity_schedule`; it knows the run it was built for
+  (`total_steps`), so `mask_transform` can stop refreshing when the run
+  ends and warn when the run's last masks fall short of `target`.
   """
   target: float
   total_epochs: int
   steps_per_epoch: int
   beta: float = 1.0
+  granularity: str = "epoch"
+
+  def epochs_at(self, step):
+    """Where `step` lies in epochs, as the sigmoid reads it: whole epochs
+    (`granularity="epoch"`) or a fraction of them (`"step"`). float32."""
+    step = jnp.asarray(step, jnp.int32)
+    if self.granularity == "step":
+      return step.astype(jnp.float32) / jnp.float32(self.steps_per_epoch)
+    return jnp.floor_divide(step, self.steps_per_epoch).astype(jnp.float32)
 
   @property
   def total_steps(self) -> int:
@@ -59,16 +74,16 @@ class SigmoidSparsity:
     return self.total_epochs * self.steps_per_epoch
 
   def __call__(self, step):
-    epoch = jnp.floor_divide(jnp.asarray(step, jnp.int32),
-                             self.steps_per_epoch)
-    x = self.beta * (epoch.astype(jnp.float32) - self.total_epochs / 2)
+    x = self.beta * (self.epochs_at(step) - self.total_epochs / 2)
     return jnp.float32(self.target) * jax.nn.sigmoid(x).astype(jnp.float32)
 
 
 def sigmoid_sparsity_schedule(target: float,
                               total_epochs: int,
                               steps_per_epoch: int,
-                              beta: float = 1.0) -> SigmoidSparsity:
+                              beta: float = 1.0,
+                              granularity: str = "epoch"
+                              ) -> SigmoidSparsity:
   """The sigmoid sparsity schedule of OptG.
 
   Sparsity is constant within an epoch and follows
@@ -80,11 +95,19 @@ def sigmoid_sparsity_schedule(target: float,
   `final_sparsity_shortfall`; `mask_transform` warns when the shortfall is
   over `TARGET_TOLERANCE`).
 
+  With `granularity="step"` (opt-in, not in the paper) the epoch is not
+  rounded down: `target * sigmoid(beta * (step / steps_per_epoch -
+  total_epochs / 2))` rises a little at every step, so that a refresh
+  more often than once an epoch prunes a little each time instead of all
+  of an epoch's rise at its first refresh. It agrees with the paper's at
+  every epoch boundary: refreshed once an epoch, both draw the same masks.
+
   Args:
     target: the target sparsity `P`, in [0, 1).
     total_epochs: the number of training epochs `E`.
     steps_per_epoch: optimizer steps per epoch.
     beta: the steepness of the sigmoid (1 in the paper's recipes).
+    granularity: "epoch" (the paper) or "step".
 
   Returns:
     A jit-traceable schedule `step -> sparsity` (float32 scalar) that also
@@ -96,8 +119,11 @@ def sigmoid_sparsity_schedule(target: float,
   if (not isinstance(beta, (int, float, np.number)) or isinstance(beta, bool)
       or not np.isfinite(beta) or beta <= 0):
     raise ValueError(f"beta must be a positive number, got {beta!r}")
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"granularity must be one of {GRANULARITIES}, got "
+                     f"{granularity!r}")
   return SigmoidSparsity(float(target), int(total_epochs),
-                         int(steps_per_epoch), float(beta))
+                         int(steps_per_epoch), float(beta), granularity)
 
 
 def final_sparsity_shortfall(target: float, total_epochs: int,
@@ -173,7 +199,8 @@ def shortfall_message(schedule: SigmoidSparsity, update_every: int,
     return None
   fixes = []
   last_epoch = last // per_epoch
-  centre_offset = last_epoch - epochs / 2
+  with jax.ensure_compile_time_eval():
+    centre_offset = float(schedule.epochs_at(last)) - epochs / 2
   if centre_offset > 0:
     # target * sigmoid(-beta * offset) <= tolerance.
     beta = np.log(target / TARGET_TOLERANCE - 1.0) / centre_offset

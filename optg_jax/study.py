@@ -9,11 +9,13 @@ workdir of `train_and_evaluate`, `DIR/runs/METHOD/sparsity=S/seed=N`, so a
 finished run is read back rather than redone and an interrupted one resumes
 from its checkpoints. A dense run has no sparsity and is run once per seed.
 
-A method is a base method ("optg", "magnitude", "dense") followed by
-modifiers joined with "+", each setting config fields:
+A method is a base method ("optg", "magnitude", "taylor": the one-shot
+criterion, "dense") followed by modifiers joined with "+", each setting
+config fields:
 
   every<N>   refresh the masks every N steps (`update_every_steps=N`)
   epoch      refresh once an epoch (`update_every_steps=0`, the reference)
+  stepwise   the sparsity rises every step (`sparsity_granularity="step"`)
   floor<N>   every output unit keeps N input weights (`min_kept_per_unit`)
   rms        rank layer-RMS-normalised scores (`score_normalization`)
 
@@ -34,7 +36,10 @@ aside (`summary.json.damaged`) and its run redone from its checkpoints.
 The results: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ±
 std over seeds) and PNG plots in `DIR/`: accuracy against sparsity,
 accuracy against sparse MACs, the learned per-layer sparsity of each method
-at one sparsity, and the sparsity and mask-learning-rate schedules.
+at one sparsity, and the sparsity and mask-learning-rate schedules. When
+methods differ only in their refresh period (`optg+every8`, `optg+epoch`,
+...), `results.md` also has accuracy by refresh period, and a plot of
+accuracy against the period (log scale).
 """
 
 import csv
@@ -51,17 +56,20 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
 from optg_jax import files
 # The tables, plots and document sections of a study's results.
 from optg_jax.study_report import aggregate  # pylint: disable=unused-import
+from optg_jax.study_report import by_refresh_period  # pylint: disable=unused-import
 from optg_jax.study_report import EXIT_BAD_INPUT  # pylint: disable=unused-import
 from optg_jax.study_report import EXIT_IO
 from optg_jax.study_report import check_section  # pylint: disable=unused-import
 from optg_jax.study_report import markdown  # pylint: disable=unused-import
 from optg_jax.study_report import plot  # pylint: disable=unused-import
+from optg_jax.study_report import period_family  # pylint: disable=unused-import
 from optg_jax.study_report import PLOTS  # pylint: disable=unused-import
 from optg_jax.study_report import replace_section  # pylint: disable=unused-import
 from optg_jax.study_report import StudyError
 
-BASE_METHODS = ("optg", "magnitude", "dense")
-RESULT_FIELDS = ("method", "sparsity", "seed", "eval_accuracy",
+BASE_METHODS = ("optg", "magnitude", "taylor", "dense")
+RESULT_FIELDS = ("method", "sparsity", "seed", "refresh_period",
+                 "eval_accuracy",
                  "actual_sparsity", "kept_params", "sparse_macs",
                  "dense_macs", "collapsed_layers", "dead_units",
                  "fatal_collapse", "wall_time_s", "steps", "status")
@@ -70,6 +78,7 @@ _MODIFIERS = (
     (re.compile(r"every(\d+)$"), lambda m: {"update_every_steps":
                                             int(m.group(1))}),
     (re.compile(r"epoch$"), lambda m: {"update_every_steps": 0}),
+    (re.compile(r"stepwise$"), lambda m: {"sparsity_granularity": "step"}),
     (re.compile(r"floor(\d+)$"), lambda m: {"min_kept_per_unit":
                                             int(m.group(1))}),
     (re.compile(r"rms$"), lambda m: {"score_normalization": "layer_rms"}),
@@ -118,7 +127,8 @@ def parse_method(spec: str) -> Dict[str, Any]:
         break
     else:
       raise StudyError(f"unknown modifier {modifier!r} in method {spec!r}; "
-                       "valid: every<N>, epoch, floor<N>, rms, N:M")
+                       "valid: every<N>, epoch, stepwise, floor<N>, rms, "
+                       "N:M")
   if base == "dense" and modifiers:
     raise StudyError(f"method {spec!r}: dense runs take no modifiers")
   if any(re.fullmatch(r"every0+", m) for m in modifiers):
@@ -286,9 +296,12 @@ def _recorded_config_is(directory: str, config) -> bool:
                                         checkpoints.config_record(config))
 
 
-def _row(run: Run, summary: Optional[Dict[str, Any]], status: str):
+def _row(run: Run, summary: Optional[Dict[str, Any]], status: str,
+         refresh_period: Optional[int]):
   row = {"method": run.method, "sparsity": run.sparsity, "seed": run.seed,
          "status": status}
+  if run.method != "dense" and refresh_period:
+    row["refresh_period"] = refresh_period
   if summary:
     row.update({
         "eval_accuracy": summary["eval_accuracy"],
@@ -309,7 +322,9 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
               train_fn: Callable[[Any, str], Dict[str, Any]],
               total_steps: Callable[[Run], int],
               progress: Callable[[str], None] = print,
-              stop_on: Tuple[type, ...] = ()) -> List[Dict[str, Any]]:
+              stop_on: Tuple[type, ...] = (),
+              refresh_period: Optional[Callable[[Run], int]] = None
+              ) -> List[Dict[str, Any]]:
   """Runs (or reads back) every run of the study, in order.
 
   A run whose summary covers all its steps is read back; any other is
@@ -331,6 +346,8 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
     stop_on: exceptions that stop the study instead of failing one run
       (preemption: the run saved a checkpoint and the study resumes when
       the same command runs again).
+    refresh_period: `run -> its mask refresh period in steps`, recorded in
+      its row (`refresh_period`), or None.
 
   Returns:
     One row per run (`RESULT_FIELDS`).
@@ -364,7 +381,8 @@ def run_study(base_config, runs: Sequence[Run], workdir: str,
         status = f"failed: {type(e).__name__}: {str(e).splitlines()[0]}"
       spent += time.time() - start
       trained += 1
-    rows.append(_row(run, summary, status))
+    rows.append(_row(run, summary, status,
+                     refresh_period(run) if refresh_period else None))
     left = sum(1 for r in runs[i + 1:]
                if not os.path.exists(os.path.join(run_dir(workdir, r),
                                                   "summary.json")))

@@ -8,7 +8,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_macs.png",
-         "layer_sparsity.png", "schedules.png")
+         "accuracy_vs_refresh_period.png", "layer_sparsity.png",
+         "schedules.png")
+# The modifiers that set a method's refresh period (`optg_jax.study`).
+_PERIOD_MODIFIER = re.compile(r"every\d+|epoch")
 EXIT_BAD_INPUT, EXIT_IO = 2, 4
 
 
@@ -53,6 +56,33 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
   return out
 
 
+def period_family(method: str) -> str:
+  """The method without its refresh-period modifiers: "optg+every8+floor1"
+  -> "optg+floor1"."""
+  base, *modifiers = method.split("+")
+  return "+".join([base] + [m for m in modifiers
+                            if not _PERIOD_MODIFIER.fullmatch(m)])
+
+
+def by_refresh_period(rows: Sequence[Dict[str, Any]]
+                      ) -> Dict[tuple, Dict[int, Dict[str, Any]]]:
+  """`{(family, sparsity): {period: aggregate stats}}` for the families
+  (`period_family`) run at two or more refresh periods, periods ascending.
+  """
+  stats = aggregate(rows)
+  periods = {}
+  for row in rows:
+    if row.get("refresh_period") and "eval_accuracy" in row:
+      periods[row["method"]] = int(row["refresh_period"])
+  out: Dict[tuple, Dict[int, Dict[str, Any]]] = {}
+  for (method, sparsity), st in stats.items():
+    if method in periods:
+      out.setdefault((period_family(method), sparsity), {})[
+          periods[method]] = st
+  return {key: dict(sorted(value.items())) for key, value in out.items()
+          if len(value) >= 2}
+
+
 def markdown(rows: Sequence[Dict[str, Any]], title: str,
              command: str, image_prefix: str = "",
              plots: Sequence[str] = PLOTS) -> str:
@@ -91,6 +121,18 @@ def markdown(rows: Sequence[Dict[str, Any]], title: str,
                  f"{st['sparse_macs']:,.0f} | {st['fatal_runs']}/{st['n']} | "
                  f"{st['collapsed_runs']}/{st['n']} | "
                  f"{st['wall_time_s']:.0f} |")
+  grouped = by_refresh_period(rows)
+  if grouped:
+    periods = sorted({p for value in grouped.values() for p in value})
+    lines += ["", "The same, by refresh period (steps between refreshes; "
+              "`epoch` is a period of one epoch's steps):", "",
+              "| method | sparsity | " + " | ".join(map(str, periods)) + " |",
+              "|---|---" + "|---" * len(periods) + "|"]
+    for (family, s), value in grouped.items():
+      cells = [f"{100 * value[p]['accuracy_mean']:.2f} ± "
+               f"{100 * value[p]['accuracy_std']:.2f}" if p in value else ""
+               for p in periods]
+      lines.append(f"| {family} | {s:g} | " + " | ".join(cells) + " |")
   failed = [r for r in rows if r["status"].startswith("failed")]
   if failed:
     lines += ["", "Failed runs:", ""] + [
@@ -182,6 +224,27 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   save(fig, "accuracy_vs_macs.png")
+
+  grouped = by_refresh_period(rows)
+  if grouped:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (family, s), value in grouped.items():
+      periods = list(value)
+      ax.errorbar(periods, [value[p]["accuracy_mean"] for p in periods],
+                  yerr=[value[p]["accuracy_std"] for p in periods],
+                  marker="o", capsize=3, label=f"{family} at {s:g}")
+    every = sorted({p for value in grouped.values() for p in value})
+    ax.set_xlim(min(every) / 1.5, max(every) * 1.5)
+    ax.set_xscale("log")
+    ax.set_xticks(every)
+    ax.set_xticklabels([str(p) for p in every])
+    ax.minorticks_off()
+    ax.set_xlabel("refresh period (steps, log scale)")
+    ax.set_ylabel("eval accuracy (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, "accuracy_vs_refresh_period.png")
 
   if layers:
     names = list(next(iter(layers.values())))

@@ -2,12 +2,15 @@
 
 `topk_masks` keeps the `k = N - round(sparsity * N)` highest scores of a whole
 pytree (all leaves together). It never sorts and never concatenates the
-leaves: each float32 score is mapped to an unsigned 32-bit key whose integer
-order is the float order, and the k-th largest key is found by a radix select,
-one bit per counting pass (32 passes, counts summed over the leaves). Scores
-equal to that threshold are then cut by position, lowest flat index (in leaf
-order) first, by a second radix select over the index bits, so the number of
-kept entries is always exactly `k`.
+leaves (unless asked to, `layout="flat"`): each float32 score is mapped to
+an unsigned 32-bit key whose integer order is the float order, and the k-th
+largest key is found by counting passes, each counting the keys above a few
+candidate thresholds at once (counts summed over the leaves) and narrowing
+the bracket around the threshold; `warm_topk_masks` starts from where the
+last selection ended. Scores equal to that threshold are then cut by
+position, lowest flat index (in leaf order) first, by the same kind of
+search over positions, so the number of kept entries is always exactly `k`.
+Called outside `jax.jit`, the selection is compiled once per shapes.
 
 Every pass is an elementwise comparison and a sum over each leaf in its own
 shape (no leaf is flattened or gathered), so a leaf sharded over a mesh under
@@ -572,6 +575,28 @@ def _select(scores, sparsity, axis_name, hint, layout="leaves"):
   """The masks, the hint for the next selection, and the passes taken."""
   _check_sparsity(sparsity)
   check_layout(layout, axis_name)
+  leaves = jax.tree.leaves(scores)
+  if not leaves or axis_name is not None or any(
+      isinstance(x, jax.core.Tracer)
+      for x in jax.tree.leaves((scores, sparsity, hint))):
+    return _select_traced(scores, sparsity, axis_name, hint, layout)
+  # Called op by op: one compiled selection per shapes and layout, instead
+  # of its loops being traced and compiled anew at every call.
+  total = sum(int(np.prod(np.shape(leaf))) for leaf in leaves)
+  if total > _MAX_ENTRIES:
+    raise ValueError(
+        f"topk_masks supports at most {_MAX_ENTRIES} scores, got {total}")
+  k = jnp.int32(num_to_keep(sparsity, total))
+  return _select_compiled(scores, k, hint, layout)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _select_compiled(scores, k, hint, layout):
+  return _select_traced(scores, None, None, hint, layout, k=k)
+
+
+def _select_traced(scores, sparsity, axis_name, hint, layout, k=None):
+  """`_select` as traced; `k`, when given, replaces the count of `sparsity`."""
   leaves, treedef = jax.tree.flatten(scores)
   if not leaves:
     return scores, hint, jnp.zeros([], jnp.int32)
@@ -587,9 +612,9 @@ def _select(scores, sparsity, axis_name, hint, layout="leaves"):
     return (jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), bool), scores),
             hint, jnp.zeros([], jnp.int32))
 
-  if isinstance(sparsity, jax.core.Tracer):
+  if k is None and isinstance(sparsity, jax.core.Tracer):
     k = _traced_num_to_keep(sparsity, total)
-  else:
+  elif k is None:
     k = jnp.int32(num_to_keep(sparsity, total))
 
   keys = [order_preserving_keys(leaf) for leaf in leaves]

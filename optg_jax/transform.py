@@ -35,7 +35,7 @@ from optg_jax.tree import unwrap_nnx
 PyTree = Any
 Where = Callable[[str, jax.Array], bool]
 
-CRITERIA = ("optg", "magnitude")
+CRITERIA = ("optg", "magnitude", "taylor")
 SCORE_NORMALIZATIONS = (None, "layer_rms")
 # The arguments of `mask_transform` that `optax.inject_hyperparams` must
 # leave alone (`static_args`): a schedule of the sparsity must reach the
@@ -51,7 +51,8 @@ class OptGState(NamedTuple):
   """State of `mask_transform`. Prunable leaves hold arrays, others `None`."""
   count: jax.Array  # Number of updates so far (int32 scalar).
   scores: PyTree  # float32 scores `S` (all `None` for "magnitude").
-  momentum: PyTree  # float32 momentum buffers of the scores (idem).
+  # float32 momentum buffers of the scores (all `None` unless "optg").
+  momentum: PyTree
   masks: PyTree  # bool masks in force for the next forward pass.
   # bool masks the last update's forward pass ran with: the model trained so
   # far (before any update, the initial masks). They differ from `masks`
@@ -207,6 +208,14 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   largest `|W|` (of the params passed to `update`) instead: gradual magnitude
   pruning, the usual baseline. It keeps no scores.
 
+  With `criterion="taylor"` (opt-in, not in the paper: its ablation) the
+  top-k ranks the one-shot first-order Taylor criterion OptG starts from,
+  the same straight-through `-G * W` summed over the steps since the last
+  refresh only: the scores restart from 0 after every refresh, with no
+  learning rate and no momentum. A refresh every step ranks the last step's
+  `-G * W` alone. It isolates what accumulating the criterion over
+  training (OptG's scores) adds.
+
   Args:
     sparsity: the sparsity of each refresh, a Python number in [0, 1) or a
       schedule `step -> sparsity` (see `sigmoid_sparsity_schedule`),
@@ -214,8 +223,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       `optax.inject_hyperparams` would evaluate a schedule at `t`, one
       refresh late; pass it `static_args=optg.STATIC_ARGS`.
     mask_learning_rate: the scores' learning rate, a number or a schedule
-      (see `supermask_learning_rate`). Unused by "magnitude".
-    momentum: the scores' momentum (no Nesterov).
+      (see `supermask_learning_rate`). Used by "optg" only.
+    momentum: the scores' momentum (no Nesterov). Used by "optg" only.
     update_every: refresh the masks when `(t + 1) % update_every == 0`; the
       reference refreshes once per epoch. None: 1, every step.
     where: `where(path, leaf) -> bool` selects the prunable leaves, `path`
@@ -224,7 +233,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       `nnx.Optimizer` passes it) is unwrapped first: `path` is then
       'conv1/kernel' and `leaf` the array. Selecting no leaf is an error
       (`init` raises ValueError naming the paths it saw).
-    criterion: "optg" or "magnitude".
+    criterion: "optg" (the paper), "magnitude" or "taylor" (see above).
     score_normalization: opt-in, not in the paper. None (the paper: rank the
       raw scores) or "layer_rms": each layer's ranking is divided by its
       root-mean-square before the global top-k, so layers whose scores are
@@ -299,7 +308,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     nm_sparsity = (structure.m - structure.n) / structure.m
   where = default_where if where is None else where
   mask_lr = schedules.as_schedule(mask_learning_rate)
-  learns_scores = criterion == "optg"
+  learns_scores = criterion in ("optg", "taylor")
 
   def _rankings(ranking):
     """What the top-k ranks: the scores (or |W|), or an opt-in variant."""
@@ -348,12 +357,12 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
             f"min_kept_per_unit={min_kept_per_unit} keeps {forced} weights, "
             f"more than the {topk.num_to_keep(sparsity, total)} that "
             f"sparsity {sparsity} keeps")
-    if learns_scores:
-      zeros = lambda p: _filled_like(p, 0, jnp.float32)
-      scores = _prunable_tree(params, where, zeros)
-      buffers = _prunable_tree(params, where, zeros)
-    else:
-      scores = buffers = jax.tree.map(lambda _: None, masks)
+    nothing = jax.tree.map(lambda _: None, masks)
+    zeros = lambda p: _filled_like(p, 0, jnp.float32)
+    scores = _prunable_tree(params, where, zeros) if learns_scores else (
+        nothing)
+    buffers = _prunable_tree(params, where, zeros) if criterion == "optg" else (
+        nothing)
     return OptGState(count=jnp.zeros([], jnp.int32), scores=scores,
                      momentum=buffers, masks=masks, trained_masks=masks,
                      topk_hint=topk.empty_hint())
@@ -367,7 +376,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     step = state.count
     masks = state.masks
 
-    if learns_scores:
+    if criterion == "optg":
       lr = jnp.asarray(mask_lr(step), jnp.float32)
 
       def new_buffer(g, w, m, buf):
@@ -381,6 +390,14 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       scores = jax.tree.map(
           lambda m, s, b: None if m is None else s - lr * b,
           masks, state.scores, buffers, is_leaf=lambda x: x is None)
+      ranking = scores
+    elif criterion == "taylor":
+      # Since the last refresh only (reset below), no rate, no momentum.
+      buffers = state.momentum
+      scores = jax.tree.map(
+          lambda m, s, g, w: None if m is None else (
+              s - g.astype(jnp.float32) * w.astype(jnp.float32)),
+          masks, state.scores, updates, params, is_leaf=lambda x: x is None)
       ranking = scores
     else:
       buffers, scores = state.momentum, state.scores
@@ -406,7 +423,10 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     if total_steps is not None:  # No refresh after the run's last step.
       refresh &= next_step < total_steps
     kept = lambda: (masks, state.topk_hint)
-    if update_every == 1:
+    if not isinstance(refresh, jax.core.Tracer):
+      # Called op by op (outside `jit`): branch in Python.
+      new_masks, new_hint = refreshed() if bool(refresh) else kept()
+    elif update_every == 1:
       # Every step refreshes (but the last): a select of the new masks
       # costs less than a branch, whose operands XLA copies.
       drawn, hint = refreshed()
@@ -415,6 +435,11 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
           kept())
     else:
       new_masks, new_hint = jax.lax.cond(refresh, refreshed, kept)
+
+    if criterion == "taylor":  # The next period sums afresh.
+      scores = jax.tree.map(
+          lambda s: None if s is None else jnp.where(refresh, 0.0, s), scores,
+          is_leaf=lambda x: x is None)
 
     masked_updates = zero_pruned(wrapped_updates, masks)
     return masked_updates, OptGState(count=next_step, scores=scores,

@@ -1,6 +1,7 @@
 """Tests of the sparsity and mask learning-rate schedules."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -176,3 +177,40 @@ def test_bad_epochwise_cosine_arguments(kwargs, match):
   args = dict(base_lr=0.1, total_epochs=10, steps_per_epoch=5)
   with pytest.raises(ValueError, match=match):
     optg.epochwise_cosine_schedule(**{**args, **kwargs})
+
+
+def test_stepwise_granularity_rises_every_step_and_meets_the_epochs():
+  epochwise = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=4.0)
+  stepwise = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=4.0,
+                                            granularity="step")
+  steps = np.arange(60)
+  values = np.asarray(jax.vmap(stepwise)(steps))
+  assert (np.diff(values) > 0).all()
+  # Equal at every epoch boundary, above the epochwise one within an epoch.
+  np.testing.assert_array_equal(values[::10],
+                                np.asarray(jax.vmap(epochwise)(steps[::10])))
+  within = steps % 10 != 0
+  assert (values[within] > np.asarray(jax.vmap(epochwise)(steps))[within]
+          ).all()
+  expected = 0.9 / (1 + np.exp(-4.0 * (steps / 10 - 3)))
+  np.testing.assert_allclose(values, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="granularity"):
+    optg.sigmoid_sparsity_schedule(0.9, 6, 10, granularity="batch")
+
+
+def test_stepwise_shortfall_is_judged_at_the_last_refresh_step():
+  # 6 epochs of 10 steps, a refresh every 7 steps: the last is after step
+  # 56 (epoch 5.6 stepwise, epoch 5 epochwise).
+  stepwise = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=2.0,
+                                            granularity="step")
+  epochwise = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=2.0)
+  message = optg.schedules.shortfall_message(stepwise, 7)
+  reached = 0.9 / (1 + np.exp(-2.0 * 2.6))
+  assert f"at sparsity {reached:.4f}" in message
+  assert "after step 56 of 60" in message
+  # The beta it names reaches the target within the tolerance.
+  beta = float(re.search(r"beta >= ([\d.]+)", message).group(1))
+  fixed = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=beta,
+                                         granularity="step")
+  assert optg.schedules.shortfall_message(fixed, 7) is None
+  assert optg.schedules.shortfall_message(epochwise, 7) != message

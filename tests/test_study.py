@@ -27,6 +27,9 @@ def test_parse_method_modifiers():
   assert study.parse_method("optg+epoch+floor2+rms") == {
       "method": "optg", "update_every_steps": 0, "min_kept_per_unit": 2,
       "score_normalization": "layer_rms"}
+  assert study.parse_method("taylor+every8+stepwise") == {
+      "method": "taylor", "update_every_steps": 8,
+      "sparsity_granularity": "step"}
   for bad, match in (("sgd", "must start with"), ("optg+often", "modifier"),
                      ("dense+every1", "no modifiers"),
                      ("optg+every0", "N >= 1")):
@@ -250,6 +253,49 @@ def test_aggregate_and_markdown():
   assert "python launch/study.py ..." in text
 
 
+def _period_rows():
+  rows = []
+  for method, period, accuracies in (
+      ("optg+every1", 1, (0.80, 0.82)), ("optg+every8", 8, (0.78, 0.78)),
+      ("optg+epoch", 469, (0.70, 0.72)), ("magnitude+every1", 1, (0.75, 0.75)),
+      ("magnitude+epoch+floor1", 469, (0.74, 0.76)), ("dense", None, (0.9,))):
+    for seed, accuracy in enumerate(accuracies):
+      rows.append(dict(
+          method=method, sparsity=0.0 if period is None else 0.95, seed=seed,
+          eval_accuracy=accuracy, actual_sparsity=0.95, kept_params=10,
+          sparse_macs=100, dense_macs=1000, collapsed_layers=0, dead_units=0,
+          fatal_collapse=0, wall_time_s=1.0, steps=2814, status="trained",
+          **({} if period is None else {"refresh_period": period})))
+  return rows
+
+
+def test_results_by_refresh_period(tmp_path):
+  assert study.period_family("optg+every8+floor1") == "optg+floor1"
+  assert study.period_family("magnitude+epoch+stepwise") == (
+      "magnitude+stepwise")
+  rows = _period_rows()
+  grouped = study.by_refresh_period(rows)
+  # magnitude+every1 and magnitude+epoch+floor1 are not one family.
+  assert list(grouped) == [("optg", 0.95)]
+  assert list(grouped[("optg", 0.95)]) == [1, 8, 469]
+  assert grouped[("optg", 0.95)][469]["accuracy_mean"] == pytest.approx(0.71)
+  text = study.markdown(rows, "T", "cmd")
+  assert "| method | sparsity | 1 | 8 | 469 |" in text
+  assert "| optg | 0.95 | 81.00 ± 1.00 | 78.00 ± 0.00 | 71.00 ± 1.00 |" in text
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    paths = study.plot(rows, str(tmp_path), "periods")
+  assert "accuracy_vs_refresh_period.png" in [os.path.basename(p)
+                                              for p in paths]
+  png = (tmp_path / "accuracy_vs_refresh_period.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+  # A single period per family: no such table or plot.
+  single = [r for r in rows if r["method"] != "optg+every8" and
+            not r["method"].startswith("optg+epoch")]
+  assert study.by_refresh_period(single) == {}
+  assert "by refresh period" not in study.markdown(single, "T", "cmd")
+
+
 def test_replace_section_keeps_the_rest():
   doc = "intro\n<!-- study:a -->\nold\n<!-- /study:a -->\noutro\n"
   new = study.replace_section(doc, "a", "new\n")
@@ -314,7 +360,12 @@ def test_two_run_study_end_to_end(tmp_path):
   assert int(rows[0]["sparse_macs"]) == summary["sparse_macs"]
   assert float(rows[0]["actual_sparsity"]) == summary["sparsity"]
   assert int(rows[1]["sparse_macs"]) == int(rows[1]["dense_macs"]) == 266_200
+  # One refresh period per method: no plot against the period.
+  assert not (workdir / "accuracy_vs_refresh_period.png").exists()
+  assert [r["refresh_period"] for r in rows] == ["2", ""]
   for name in study.PLOTS:
+    if name == "accuracy_vs_refresh_period.png":
+      continue
     png = (workdir / name).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert (doc.parent / "img" / f"tiny_{name}").exists()

@@ -182,6 +182,8 @@ def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
     ("batch_size", 0, "batch_size"),
     ("model", "resnet9000", "unknown model"),
     ("method", "snip", "unknown method"),
+    ("sparsity_granularity", "batch", "unknown sparsity_granularity "
+     "'batch'; valid: epoch, step"),
     ("dataset", "mnist", "unknown dataset"),
     ("num_epochs", 0, "num_epochs"),
     ("batch_size", 1504, "batch_size=1504 is larger than the 1500 training "
@@ -282,15 +284,19 @@ def test_library_call_and_launch_agree_bitwise(finished_run, reference):
     assert summary[key] == launched[key], key
 
 
-@pytest.mark.parametrize("method, half_precision", [
-    ("dense", False),
-    pytest.param("magnitude", False, marks=pytest.mark.long),
-    pytest.param("optg", True, marks=pytest.mark.long)])
-def test_baselines_and_half_precision_share_the_step(method, half_precision):
+@pytest.mark.parametrize("method, half_precision, granularity", [
+    ("dense", False, "epoch"),
+    # The one-shot criterion, with the sparsity rising every step.
+    ("taylor", False, "step"),
+    pytest.param("magnitude", False, "epoch", marks=pytest.mark.long),
+    pytest.param("optg", True, "epoch", marks=pytest.mark.long)])
+def test_baselines_and_half_precision_share_the_step(method, half_precision,
+                                                     granularity):
   # 5 epochs at beta 4.5: the first epoch already prunes 3 weights
   # (s(0) = 1.04e-5) and the last trains within 9.4e-4 of the target.
   config = tiny_config(method=method, half_precision=half_precision,
-                       update_every_steps=2, num_epochs=5, beta=4.5)
+                       update_every_steps=2, num_epochs=5, beta=4.5,
+                       sparsity_granularity=granularity)
   run = train.Run(config)
   p_train, _ = run.compiled_steps()
   state = train.replicate(run.initial_state())

@@ -501,3 +501,58 @@ def test_magnitude_ranks_only_inside_the_refresh():
   assert "abs" in inside
   # Same masks as ranking |W| at every step: refresh at steps 3 and 6.
   assert _refresh_sparsities(tx, 6) == [0, 0, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_taylor_criterion_ranks_the_last_period_of_minus_g_times_w():
+  params = make_params()
+  tx = optg.mask_transform(0.6, 0.5, update_every=3, criterion="taylor")
+  state = tx.init(params)
+  assert state.momentum["dense"]["kernel"] is None
+  assert state.momentum["conv"]["bias"] is None
+  prunable = ("conv", "dense")
+  period_sum = {n: np.zeros(params[n]["kernel"].shape, np.float32)
+                for n in prunable}
+  for step in range(7):
+    grads = make_grads(step)
+    _, state = tx.update(grads, state, params)
+    for n in prunable:
+      period_sum[n] -= (np.asarray(grads[n]["kernel"]) *
+                        np.asarray(params[n]["kernel"]))
+    if (step + 1) % 3 == 0:
+      # The refresh ranks the period's sum alone, then starts a new sum.
+      expected = optg.topk_masks(
+          {n: {"kernel": jnp.asarray(period_sum[n])} for n in prunable}, 0.6)
+      for n in prunable:
+        np.testing.assert_array_equal(state.masks[n]["kernel"],
+                                      expected[n]["kernel"])
+        assert not np.asarray(state.scores[n]["kernel"]).any()
+        period_sum[n][:] = 0
+    else:
+      for n in prunable:
+        np.testing.assert_allclose(state.scores[n]["kernel"], period_sum[n],
+                                   rtol=1e-6, atol=1e-6)
+  assert count_kept(state.masks) == NUM_PRUNABLE - round(0.6 * NUM_PRUNABLE)
+
+
+@pytest.mark.parametrize("criterion", optg.CRITERIA)
+def test_update_outside_jit_is_the_jitted_update(criterion):
+  params = make_params()
+  schedule = optg.sigmoid_sparsity_schedule(0.8, 4, 2, beta=7.0)
+  tx = optg.mask_transform(schedule, 0.5, update_every=2, criterion=criterion)
+  eager = jitted = tx.init(params)
+  update = jax.jit(tx.update)
+  for step in range(8):
+    _, eager = tx.update(make_grads(step), eager, params)
+    _, jitted = update(make_grads(step), jitted, params)
+  # The same masks and counts; the scores' float arithmetic may fuse
+  # differently under jit (an ulp, and so the hint's threshold key).
+  for field in ("count", "masks", "trained_masks"):
+    for a, b in zip(jax.tree.leaves(getattr(eager, field)),
+                    jax.tree.leaves(getattr(jitted, field))):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves((eager.scores, eager.momentum)),
+                  jax.tree.leaves((jitted.scores, jitted.momentum))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert int(eager.topk_hint.selections) == int(jitted.topk_hint.selections)
+  assert count_kept(eager.trained_masks) == NUM_PRUNABLE - round(
+      float(np.float32(schedule(6))) * NUM_PRUNABLE)

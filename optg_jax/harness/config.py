@@ -19,7 +19,7 @@ from optg_jax import schedules
 from optg_jax import topk
 from optg_jax.errors import ConfigError
 
-METHODS = ("optg", "magnitude", "dense")
+METHODS = ("optg", "magnitude", "taylor", "dense")
 LR_SCHEDULES = ("epochwise_cosine", "warmup_cosine")
 # How the steps run over the devices: `jax.pmap` (one replica a local
 # device), or `jax.jit` over a mesh of every process's devices.
@@ -80,6 +80,9 @@ def validate_config(config: ml_collections.ConfigDict,
          f"{', '.join(data.imagenet.AUGMENTATIONS)}")
   if config.beta <= 0:
     fail(f"beta must be positive, got {config.beta!r}")
+  if config.sparsity_granularity not in schedules.GRANULARITIES:
+    fail(f"unknown sparsity_granularity {config.sparsity_granularity!r}; "
+         f"valid: {', '.join(schedules.GRANULARITIES)}")
   structure = config.structure
   if structure:
     try:
@@ -168,8 +171,9 @@ def check_target(config, steps_per_epoch: int, prunable) -> None:
         f"{total:,} prunable weights; the largest sparsity that keeps one "
         f"is {(total - 1) / total:.8f}")
   message = schedules.shortfall_message(
-      optg.sigmoid_sparsity_schedule(target, config.num_epochs,
-                                     steps_per_epoch, beta=config.beta),
+      optg.sigmoid_sparsity_schedule(
+          target, config.num_epochs, steps_per_epoch, beta=config.beta,
+          granularity=config.sparsity_granularity),
       update_every_steps(config, steps_per_epoch),
       names={"total_epochs": "num_epochs",
              "update_every": "update_every_steps"})

@@ -68,7 +68,8 @@ def create_schedules(config, steps_per_epoch: int) -> Schedules:
   else:
     target = target_sparsity(config)
     sparsity = optg.sigmoid_sparsity_schedule(
-        target, config.num_epochs, steps_per_epoch, beta=config.beta)
+        target, config.num_epochs, steps_per_epoch, beta=config.beta,
+        granularity=config.sparsity_granularity)
     mask_lr = optg.supermask_learning_rate(learning_rate, sparsity, target)
   return Schedules(learning_rate=learning_rate, sparsity=sparsity,
                    mask_learning_rate=mask_lr)
