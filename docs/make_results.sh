@@ -43,9 +43,15 @@ $S --config=configs/quickstart.py \
    --methods=optg,optg+epoch+floor0,magnitude,dense \
    --sparsities=0.9,0.95,0.98,0.99 --seeds=0,1,2 --workdir=workdirs/digits \
    --title="ResNet-20 on digits (quick start recipe)" $DOC --section=digits
-$S --config=configs/fashion_mnist.py --methods=optg,magnitude,dense \
-   --sparsities=0.95,0.99 --seeds=0,1,2 --workdir=workdirs/fashion_lenet5 \
+$S --config=configs/fashion_mnist.py --methods=optg,magnitude \
+   --sparsities=0.95,0.99 --seeds=0,1,2 \
+   --workdir=workdirs/fashion_lenet5_trained \
    --title="LeNet-5 on Fashion-MNIST" $DOC --section=fashion_lenet5
+$S --config=configs/fashion_mnist.py --methods=optg,magnitude \
+   --sparsities=0.99 --seeds=0,1,2,3,4 \
+   --workdir=workdirs/fashion_lenet5_trained \
+   --title="LeNet-5 on Fashion-MNIST at 99%, 5 seeds" $DOC \
+   --section=fashion_lenet5_99
 $S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
    --methods=optg,optg+epoch,magnitude,dense \
    --sparsities=0.9,0.95,0.98,0.99 --seeds=0,1,2 \
@@ -61,3 +67,22 @@ $S --config=configs/quickstart.py --methods=optg+1:4,magnitude+1:4,optg \
    --sparsities=0.75 --seeds=0,1,2 --workdir=workdirs/nm_1_4 \
    --title="ResNet-20 on digits, 1:4 against unstructured 75%" $DOC \
    --section=nm_1_4
+
+# 5. How often to refresh, the sparsity rising every step, the run's length,
+# and the one-shot criterion (validation images).
+PERIODS=optg+every1,optg+every8,optg+every64,optg+epoch,magnitude+every1,magnitude+every8,magnitude+every64,magnitude+epoch,taylor+every1,taylor+every8,taylor+every64,taylor+epoch
+STEPWISE=optg+every1+stepwise,optg+every8+stepwise,optg+every64+stepwise,magnitude+every1+stepwise,magnitude+every8+stepwise,magnitude+every64+stepwise,taylor+every1+stepwise,taylor+every8+stepwise,taylor+every64+stepwise
+MLP_VAL="--config=configs/fashion_mnist.py --config.model=lenet_300_100 --config.validation_size=5000"
+$S $MLP_VAL --methods=$PERIODS --sparsities=0.95,0.99 --seeds=0,1,2 \
+   --workdir=workdirs/period_mlp \
+   --title="LeNet-300-100, Fashion-MNIST validation: refresh period" $DOC \
+   --section=period_mlp
+$S $MLP_VAL --methods=$PERIODS,$STEPWISE --sparsities=0.95,0.99 \
+   --seeds=0,1,2 --workdir=workdirs/period_mlp \
+   --title="LeNet-300-100, Fashion-MNIST validation: sparsity rising every step" \
+   $DOC --section=granularity_mlp
+$S $MLP_VAL --config.num_epochs=24 --config.beta=1.0 \
+   --methods=optg+every1,optg+epoch,magnitude+every1,magnitude+epoch \
+   --sparsities=0.95,0.99 --seeds=0,1,2 --workdir=workdirs/length_mlp \
+   --title="LeNet-300-100, Fashion-MNIST validation: 24 epochs, beta 1" \
+   $DOC --section=length_mlp

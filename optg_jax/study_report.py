@@ -228,11 +228,17 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
   grouped = by_refresh_period(rows)
   if grouped:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    # A colour per method, a line style per sparsity.
+    families = list(dict.fromkeys(family for family, _ in grouped))
+    levels = sorted({s for _, s in grouped})
+    styles = ["-", "--", ":", "-."]
     for (family, s), value in grouped.items():
       periods = list(value)
       ax.errorbar(periods, [value[p]["accuracy_mean"] for p in periods],
                   yerr=[value[p]["accuracy_std"] for p in periods],
-                  marker="o", capsize=3, label=f"{family} at {s:g}")
+                  marker="o", capsize=3, label=f"{family} at {s:g}",
+                  color=f"C{families.index(family) % 10}",
+                  ls=styles[levels.index(s) % len(styles)])
     every = sorted({p for value in grouped.values() for p in value})
     ax.set_xlim(min(every) / 1.5, max(every) * 1.5)
     ax.set_xscale("log")
@@ -258,11 +264,11 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
     ax.set_xticklabels([n.replace("/kernel", "") for n in names],
                        rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("layer sparsity")
-    ax.set_ylim(0, 1.25)
+    ax.set_ylim(0, 1.15 + 0.1 * -(-len(layers) // 4))  # Room for the legend.
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(f"{title}: layer sparsity at {layer_sparsity:g}",
                  fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", ncol=len(layers))
+    ax.legend(fontsize=7, loc="upper left", ncol=min(len(layers), 4))
     save(fig, "layer_sparsity.png")
 
   if schedules is not None:

@@ -184,6 +184,8 @@ def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
     ("method", "snip", "unknown method"),
     ("sparsity_granularity", "batch", "unknown sparsity_granularity "
      "'batch'; valid: epoch, step"),
+    ("topk_layout", "sorted", "unknown topk_layout 'sorted'; valid: leaves, "
+     "flat"),
     ("dataset", "mnist", "unknown dataset"),
     ("num_epochs", 0, "num_epochs"),
     ("batch_size", 1504, "batch_size=1504 is larger than the 1500 training "

@@ -80,6 +80,9 @@ def validate_config(config: ml_collections.ConfigDict,
          f"{', '.join(data.imagenet.AUGMENTATIONS)}")
   if config.beta <= 0:
     fail(f"beta must be positive, got {config.beta!r}")
+  if config.topk_layout not in topk.LAYOUTS:
+    fail(f"unknown topk_layout {config.topk_layout!r}; valid: "
+         f"{', '.join(topk.LAYOUTS)}")
   if config.sparsity_granularity not in schedules.GRANULARITIES:
     fail(f"unknown sparsity_granularity {config.sparsity_granularity!r}; "
          f"valid: {', '.join(schedules.GRANULARITIES)}")

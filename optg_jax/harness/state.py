@@ -97,7 +97,8 @@ def create_optimizer(config, schedules: Schedules, update_every: int,
         score_normalization=config.score_normalization or None,
         # N:M keeps n of every m inputs of each unit: the floor is implied.
         min_kept_per_unit=0 if structure else config.min_kept_per_unit,
-        structure=structure, indivisible="dense", total_steps=total_steps))
+        structure=structure, indivisible="dense", total_steps=total_steps,
+        topk_layout=config.topk_layout))
   chain += [
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedules.learning_rate, momentum=config.momentum,
