@@ -16,6 +16,7 @@ config fields:
   every<N>   refresh the masks every N steps (`update_every_steps=N`)
   epoch      refresh once an epoch (`update_every_steps=0`, the reference)
   stepwise   the sparsity rises every step (`sparsity_granularity="step"`)
+  epochwise  the sparsity is set once an epoch (the paper's)
   floor<N>   every output unit keeps N input weights (`min_kept_per_unit`)
   rms        rank layer-RMS-normalised scores (`score_normalization`)
 
@@ -79,6 +80,7 @@ _MODIFIERS = (
                                             int(m.group(1))}),
     (re.compile(r"epoch$"), lambda m: {"update_every_steps": 0}),
     (re.compile(r"stepwise$"), lambda m: {"sparsity_granularity": "step"}),
+    (re.compile(r"epochwise$"), lambda m: {"sparsity_granularity": "epoch"}),
     (re.compile(r"floor(\d+)$"), lambda m: {"min_kept_per_unit":
                                             int(m.group(1))}),
     (re.compile(r"rms$"), lambda m: {"score_normalization": "layer_rms"}),
@@ -127,8 +129,8 @@ def parse_method(spec: str) -> Dict[str, Any]:
         break
     else:
       raise StudyError(f"unknown modifier {modifier!r} in method {spec!r}; "
-                       "valid: every<N>, epoch, stepwise, floor<N>, rms, "
-                       "N:M")
+                       "valid: every<N>, epoch, stepwise, epochwise, "
+                       "floor<N>, rms, N:M")
   if base == "dense" and modifiers:
     raise StudyError(f"method {spec!r}: dense runs take no modifiers")
   if any(re.fullmatch(r"every0+", m) for m in modifiers):

@@ -22,7 +22,8 @@ PAPER = {
     "mobilenet_imagenet": ("mobilenet_v1", 180, 256, 0.05, 4e-5, 0.1, 0.8),
     "cifar10": ("vgg19_cifar", 160, 256, 0.1, 5e-4, 0.0, 0.9),
 }
-ALL_CONFIGS = ("default", "imagenet", "mobilenet_imagenet", "cifar10",
+ALL_CONFIGS = ("default", "imagenet", "imagenet_every_step",
+               "mobilenet_imagenet", "cifar10",
                "quickstart", "fashion_mnist", "fake_data_benchmark")
 
 
@@ -150,3 +151,12 @@ def test_every_config_reaches_its_target(name):
   config.num_epochs, config.warmup_epochs = 2, 0
   with pytest.raises(train.ConfigError, match="short of the target"):
     train.check_target(config, steps_per_epoch, prunable)
+
+
+def test_imagenet_every_step_is_the_paper_recipe_refreshed_every_step():
+  paper = get_config("imagenet").to_dict()
+  variant = get_config("imagenet_every_step").to_dict()
+  changed = {k for k in paper if paper[k] != variant[k]}
+  assert changed == {"update_every_steps", "topk_layout"}
+  assert (variant["update_every_steps"], variant["topk_layout"]) == (1, "flat")
+  assert set(variant) == set(paper)

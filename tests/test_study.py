@@ -30,6 +30,9 @@ def test_parse_method_modifiers():
   assert study.parse_method("taylor+every8+stepwise") == {
       "method": "taylor", "update_every_steps": 8,
       "sparsity_granularity": "step"}
+  assert study.parse_method("magnitude+epoch+epochwise") == {
+      "method": "magnitude", "update_every_steps": 0,
+      "sparsity_granularity": "epoch"}
   for bad, match in (("sgd", "must start with"), ("optg+often", "modifier"),
                      ("dense+every1", "no modifiers"),
                      ("optg+every0", "N >= 1")):
