@@ -153,10 +153,12 @@ def test_every_config_reaches_its_target(name):
     train.check_target(config, steps_per_epoch, prunable)
 
 
-def test_imagenet_every_step_is_the_paper_recipe_refreshed_every_step():
+def test_imagenet_every_step_is_the_paper_recipe_with_the_rule():
   paper = get_config("imagenet").to_dict()
   variant = get_config("imagenet_every_step").to_dict()
   changed = {k for k in paper if paper[k] != variant[k]}
-  assert changed == {"update_every_steps", "topk_layout"}
-  assert (variant["update_every_steps"], variant["topk_layout"]) == (1, "flat")
+  assert changed == {"update_every_steps", "sparsity_granularity",
+                     "topk_layout"}
+  assert (variant["update_every_steps"], variant["sparsity_granularity"],
+          variant["topk_layout"]) == (1, "step", "flat")
   assert set(variant) == set(paper)
