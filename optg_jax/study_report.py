@@ -154,6 +154,14 @@ def _density_axis(ax, sparsities):
   ax.set_xlabel("sparsity (log scale of the kept fraction)")
 
 
+def _labelled(ax, title, xlabel, ylabel, legend_size=8):
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=legend_size)
+
+
 def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
          schedules: Optional[Dict[str, np.ndarray]] = None,
          layers: Optional[Dict[str, Dict[str, Dict[str, Any]]]] = None,
@@ -218,11 +226,8 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
   if macs:  # A margin, also around a single point (before the log scale).
     ax.set_xlim(min(macs) / 1.5, max(macs) * 1.5)
   ax.set_xscale("log")
-  ax.set_xlabel("sparse MACs per example (log scale)")
-  ax.set_ylabel("eval accuracy (mean over seeds)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  _labelled(ax, title, "sparse MACs per example (log scale)",
+            "eval accuracy (mean over seeds)")
   save(fig, "accuracy_vs_macs.png")
 
   grouped = by_refresh_period(rows)
@@ -245,11 +250,8 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
     ax.set_xticks(every)
     ax.set_xticklabels([str(p) for p in every])
     ax.minorticks_off()
-    ax.set_xlabel("refresh period (steps, log scale)")
-    ax.set_ylabel("eval accuracy (mean ± std over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _labelled(ax, title, "refresh period (steps, log scale)",
+              "eval accuracy (mean ± std over seeds)", legend_size=7)
     save(fig, "accuracy_vs_refresh_period.png")
 
   if layers:
