@@ -214,3 +214,24 @@ def test_stepwise_shortfall_is_judged_at_the_last_refresh_step():
                                          granularity="step")
   assert optg.schedules.shortfall_message(fixed, 7) is None
   assert optg.schedules.shortfall_message(epochwise, 7) != message
+
+
+@pytest.mark.parametrize("granularity", ["epoch", "step"])
+def test_a_period_that_does_not_divide_the_run_ships_its_last_refresh(
+    granularity):
+  # 6 epochs of 429 steps (LeNet-300-100 with 5,000 images held out).
+  schedule = optg.sigmoid_sparsity_schedule(0.95, 6, 429, beta=4.0,
+                                            granularity=granularity)
+  assert schedule.total_steps == 2574
+  # 64 does not divide 2,574: the last refresh, after step 2,560, is in
+  # the last epoch and draws masks within the tolerance of the target.
+  assert optg.last_refresh_step(2574, 64) == 2560
+  assert optg.schedules.shortfall_message(schedule, 64) is None
+  reached = float(schedule(2560))
+  assert 0.95 - optg.TARGET_TOLERANCE < reached < 0.95
+  # 1,000 steps: the last refresh, after step 2,000, is in epoch 4; refused
+  # with a period that refreshes in the last epoch among the fixes.
+  assert optg.last_refresh_step(2574, 1000) == 2000
+  message = optg.schedules.shortfall_message(schedule, 1000)
+  assert "drawn after step 2000 of 2574" in message
+  assert "refreshes in the last epoch (at most 429" in message
