@@ -2,7 +2,7 @@
 # Regenerates docs/RESULTS.md's tables and docs/img/ from scratch: every
 # study of the page, in the order it was run. Each study is resumable: rerun
 # this script after an interruption and finished runs are read back.
-# Workdirs go to workdirs/ (ignored by git). About 3 hours on 2 CPU cores.
+# Workdirs go to workdirs/ (ignored by git). About 4.5 hours on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S="python launch/study.py"

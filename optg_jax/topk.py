@@ -581,12 +581,10 @@ def _select(scores, sparsity, axis_name, hint, layout="leaves"):
       for x in jax.tree.leaves((scores, sparsity, hint))):
     return _select_traced(scores, sparsity, axis_name, hint, layout)
   # Called op by op: one compiled selection per shapes and layout, instead
-  # of its loops being traced and compiled anew at every call.
+  # of its loops being traced and compiled anew at every call. The count is
+  # exact on the host; the traced selection checks the size.
   total = sum(int(np.prod(np.shape(leaf))) for leaf in leaves)
-  if total > _MAX_ENTRIES:
-    raise ValueError(
-        f"topk_masks supports at most {_MAX_ENTRIES} scores, got {total}")
-  k = jnp.int32(num_to_keep(sparsity, total))
+  k = jnp.int32(num_to_keep(sparsity, min(total, _MAX_ENTRIES)))
   return _select_compiled(scores, k, hint, layout)
 
 
