@@ -10,7 +10,9 @@
       ...                # also 'mask': [D, B], 0 for padding
 
 Datasets (`config.dataset`): 'imagenet2012' and 'cifar10' (TFDS, must be
-prepared in `config.data_dir`; nothing is ever downloaded), 'digits'
+prepared in `config.data_dir`; nothing is ever downloaded),
+'imagenet_folder' (ImageNet as a tree of image files, `train/CLASS/*` and
+`val/CLASS/*` in `config.data_dir`), 'digits'
 (scikit-learn's bundled 8x8 digits), 'fashion_mnist' (the IDX files in
 `config.data_dir`, by default where Debian's `dataset-fashion-mnist` puts
 them) and 'fake' (seeded random data). For the in-memory datasets (digits,
@@ -28,11 +30,17 @@ skipped before decoding; random augmentation is stateless, seeded per example
 from `(seed, e, position in the epoch)`. The last partial batch of every
 epoch is dropped, so `steps_per_epoch` is exact on every process.
 
+A source that reads image files one by one ('imagenet_folder') meets a file
+it cannot decode only when it reaches it: the batch that holds it is then
+built again example by example, the file standing as a blank image, so the
+stream goes on unchanged (see `imagenet_folder`).
+
 This package imports TensorFlow; `import optg_jax` does not import it.
 """
 
 from typing import Dict, Iterator
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -42,6 +50,7 @@ from optg_jax.data import digits
 from optg_jax.data import fashion_mnist
 from optg_jax.data import fake
 from optg_jax.data import imagenet
+from optg_jax.data import imagenet_folder
 from optg_jax.data.cifar10 import preprocess_cifar10_eval
 from optg_jax.data.cifar10 import preprocess_cifar10_train
 from optg_jax.data.common import DatasetError
@@ -53,6 +62,7 @@ Batch = Dict[str, np.ndarray]
 
 SOURCES = {
     imagenet.NAME: imagenet,
+    imagenet_folder.NAME: imagenet_folder,
     cifar10.NAME: cifar10,
     digits.NAME: digits,
     fashion_mnist.NAME: fashion_mnist,
@@ -181,12 +191,59 @@ def _finish(ds: tf.data.Dataset, local_device_count: int) -> tf.data.Dataset:
   return ds.with_options(common.dataset_options())
 
 
+def _recovering(build, rebuild, first: int, count: int) -> Iterator[Batch]:
+  """Batches `first, ..., count - 1`, built again where a pipeline fails.
+
+  Args:
+    build: `first -> iterator` of the batches `first, ..., count - 1`.
+    rebuild: `index -> iterator` whose first batch is batch `index`, built
+      so that it cannot fail (see `imagenet_folder`); or None, and a
+      failure propagates.
+    first: the first batch.
+    count: one past the last batch.
+
+  Yields:
+    The batches; where `build` raises a `tf.errors.OpError` at batch `i`
+    (a file that cannot be read or decoded), batch `i` of `rebuild(i)`,
+    then those of `build(i + 1)`.
+  """
+  batches = build(first)
+  while first < count:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      if rebuild is None:
+        raise
+      logging.warning("Batch %d: %s; building it again example by example",
+                      first, " ".join(str(e).split())[:300])
+      batch = next(rebuild(first))
+      batches = build(first + 1)
+    yield batch
+    first += 1
+
+
+def _rebuilds(source) -> bool:
+  return getattr(source, "REBUILDS_FAILED_BATCHES", False)
+
+
 def _train_batches(make_epoch, steps: int, start_step: int,
-                   local_device_count: int) -> Iterator[Batch]:
+                   local_device_count: int,
+                   rebuilds: bool) -> Iterator[Batch]:
   epoch, first_step = divmod(start_step, steps)
   while True:
-    ds = _finish(make_epoch(epoch, first_step, steps), local_device_count)
-    yield from ds.as_numpy_iterator()
+
+    def build(first, epoch=epoch):
+      ds = make_epoch(epoch, first, steps)
+      return _finish(ds, local_device_count).as_numpy_iterator()
+
+    def rebuild(step, epoch=epoch):
+      ds = make_epoch(epoch, step, step + 1, careful=True)
+      return _finish(ds, local_device_count).as_numpy_iterator()
+
+    yield from _recovering(build, rebuild if rebuilds else None, first_step,
+                           steps)
     epoch += 1
     first_step = 0
 
@@ -234,7 +291,7 @@ def train_iterator(config, start_step: int = 0, process_index: int = 0,
       config, process_index=process_index, process_count=process_count,
       batch=batch)
   return _train_batches(make_epoch, steps, int(start_step),
-                        local_device_count)
+                        local_device_count, _rebuilds(source))
 
 
 def eval_iterator(config, process_index: int = 0, process_count: int = 1,
@@ -271,19 +328,32 @@ def eval_iterator(config, process_index: int = 0, process_count: int = 1,
   start, end = common.shard_bounds(info.num_eval, process_index,
                                    process_count)
   num_batches = num_eval_steps(config, process_count)
-  padding = num_batches * batch - (end - start)
 
   blank = {"image": np.zeros(info.image_shape, np.float32),
            "label": np.zeros([], np.int32),
            "mask": np.zeros([], np.float32)}
-  pad = tf.data.Dataset.from_tensors(blank).repeat(padding)
-  if end > start:
-    ds = source.eval_examples(config, start, end).map(
-        lambda ex: {"image": tf.cast(ex["image"], tf.float32),
-                    "label": tf.cast(ex["label"], tf.int32),
-                    "mask": tf.ones([], tf.float32)})
-    ds = ds.concatenate(pad)
-  else:
+
+  def batches(first: int, last: int, careful: bool = False):
+    """This process's evaluation batches `first, ..., last - 1`."""
+    low, high = (min(start + i * batch, end) for i in (first, last))
+    pad = tf.data.Dataset.from_tensors(blank).repeat(
+        (last - first) * batch - (high - low))
     ds = pad
-  ds = ds.batch(batch, drop_remainder=True)
-  return iter(_finish(ds, local_device_count).as_numpy_iterator())
+    if high > low:
+      examples = (source.eval_examples(config, low, high, careful=True)
+                  if careful else source.eval_examples(config, low, high))
+      ds = examples.map(
+          lambda ex: {"image": tf.cast(ex["image"], tf.float32),
+                      "label": tf.cast(ex["label"], tf.int32),
+                      "mask": tf.ones([], tf.float32)}).concatenate(pad)
+    ds = ds.batch(batch, drop_remainder=True)
+    return _finish(ds, local_device_count).as_numpy_iterator()
+
+  def build(first):
+    return batches(first, num_batches)
+
+  def rebuild(index):
+    return batches(index, index + 1, careful=True)
+
+  return _recovering(build, rebuild if _rebuilds(source) else None, 0,
+                     num_batches)

@@ -30,6 +30,10 @@ and `Normalize` with mean (0.485, 0.456, 0.406) and std (0.229, 0.224,
 0.225) on [0, 1]). Training randomness is stateless and seeded per example:
 the same bytes and seed give the same image, bit for bit.
 
+The recipes take encoded bytes, also those of `imagenet_folder`: greyscale
+and CMYK JPEGs come out RGB, and a PNG (or GIF, BMP), told from its first
+bytes, is decoded whole and cut to the same window (`decode_window`).
+
 Each process reads its own contiguous slice of the split. An epoch shuffles
 the slice's files and then its records (shuffle buffer of
 `config.shuffle_buffer_size`, default 16384 records) with seeds derived from
@@ -39,6 +43,7 @@ late in an epoch costs a pass over that part of the files). `config.cache`
 has no effect here: the split does not fit in memory.
 """
 
+import functools
 import math
 from typing import Tuple
 
@@ -93,18 +98,89 @@ def check_augmentation(augmentation) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Decoding: JPEG straight to the window, other formats through a full decode.
+
+
+def decode_window(image_bytes: tf.Tensor, window_fn) -> tf.Tensor:
+  """Decodes one window of an encoded image as 3-channel RGB, uint8.
+
+  A JPEG (RGB, greyscale or CMYK: libjpeg converts the last two) is decoded
+  straight to the window with `tf.image.decode_and_crop_jpeg`, its size read
+  from the header. Any other format that `tf.io.decode_image` reads (PNG,
+  GIF, BMP: ImageNet's training set holds a PNG named `.JPEG`) is decoded
+  whole (twice: for its size, then for its pixels) and then cut to the same
+  window. The format is told from the first bytes, not from the file name.
+
+  Args:
+    image_bytes: a scalar string tensor, an encoded image.
+    window_fn: `(height, width) -> [top, left, crop_height, crop_width]`,
+      int32 tensors.
+
+  Returns:
+    The uint8 window `[crop_height, crop_width, 3]`.
+  """
+  is_jpeg = tf.io.is_jpeg(image_bytes)
+
+  def decode_other():
+    return tf.io.decode_image(image_bytes, channels=3,
+                              expand_animations=False)
+
+  # Only the format-specific ops sit in the branches: the window is computed
+  # once, outside them (ops inside a branch run markedly slower in tf.data).
+  shape = tf.cond(is_jpeg,
+                  lambda: tf.image.extract_jpeg_shape(image_bytes)[:2],
+                  lambda: tf.shape(decode_other())[:2])
+  window = window_fn(shape[0], shape[1])
+
+  def crop_other():
+    top, left, height, width = tf.unstack(window)
+    return decode_other()[top:top + height, left:left + width]
+
+  return tf.cond(
+      is_jpeg,
+      lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
+      crop_other)
+
+
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Decodes a whole encoded image (as `decode_window`) to RGB, uint8."""
+  # `decode_jpeg` reads PNG, GIF and BMP too, and converts greyscale and CMYK.
+  return tf.io.decode_jpeg(image_bytes, channels=3)
+
+
+# ---------------------------------------------------------------------------
 # The Inception-style recipe.
 
 
-def _central_crop_window(image_bytes: tf.Tensor) -> tf.Tensor:
-  shape = tf.image.extract_jpeg_shape(image_bytes)
-  height, width = shape[0], shape[1]
+def _central_crop_window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
   side = tf.cast(EVAL_CROP_FRACTION * tf.cast(tf.minimum(height, width),
                                               tf.float32), tf.int32)
   side = tf.maximum(side, 1)
   offset_y = (height - side + 1) // 2
   offset_x = (width - side + 1) // 2
   return tf.stack([offset_y, offset_x, side, side])
+
+
+def _inception_crop_window(height: tf.Tensor, width: tf.Tensor,
+                           seed: tf.Tensor) -> tf.Tensor:
+  """The Inception crop's `[top, left, crop_height, crop_width]`."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.stack([height, width, 3]),
+      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32,
+                                 shape=[1, 1, 4]),
+      seed=seed,
+      min_object_covered=0.1,
+      aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+      area_range=(0.08, 1.0),
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  offset_y, offset_x, _ = tf.unstack(begin)
+  crop_height, crop_width, _ = tf.unstack(size)
+  # When every draw fails the whole image comes back: use the eval crop.
+  failed = tf.logical_and(tf.equal(crop_height, height),
+                          tf.equal(crop_width, width))
+  return tf.where(failed, _central_crop_window(height, width),
+                  tf.stack([offset_y, offset_x, crop_height, crop_width]))
 
 
 def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -122,7 +198,8 @@ def preprocess_train_inception(image_bytes: tf.Tensor, seed: tf.Tensor,
   image, bit for bit.
 
   Args:
-    image_bytes: a scalar string tensor, a JPEG-encoded RGB image.
+    image_bytes: a scalar string tensor, an encoded image (see
+      `decode_window`).
     seed: a stateless seed, an int32 or int64 tensor of shape [2].
     image_size: the side of the output.
 
@@ -133,26 +210,8 @@ def preprocess_train_inception(image_bytes: tf.Tensor, seed: tf.Tensor,
   seed = tf.convert_to_tensor(seed)
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
-  shape = tf.image.extract_jpeg_shape(image_bytes)
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape,
-      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32,
-                                 shape=[1, 1, 4]),
-      seed=crop_seed,
-      min_object_covered=0.1,
-      aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
-      area_range=(0.08, 1.0),
-      max_attempts=10,
-      use_image_if_no_bounding_boxes=True)
-  offset_y, offset_x, _ = tf.unstack(begin)
-  height, width, _ = tf.unstack(size)
-  window = tf.stack([offset_y, offset_x, height, width])
-  # When every draw fails the whole image comes back: use the eval crop.
-  failed = tf.logical_and(tf.equal(height, shape[0]),
-                          tf.equal(width, shape[1]))
-  window = tf.cond(failed, lambda: _central_crop_window(image_bytes),
-                   lambda: window)
-  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  image = decode_window(
+      image_bytes, functools.partial(_inception_crop_window, seed=crop_seed))
   image = _resize(image, image_size)
   image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
   return common.normalize(image, MEAN_RGB, STDDEV_RGB)
@@ -168,14 +227,14 @@ def preprocess_eval_inception(image_bytes: tf.Tensor,
   `image_size`.
 
   Args:
-    image_bytes: a scalar string tensor, a JPEG-encoded RGB image.
+    image_bytes: a scalar string tensor, an encoded image (see
+      `decode_window`).
     image_size: the side of the output.
 
   Returns:
     A float32 image `[image_size, image_size, 3]`, normalised.
   """
-  window = _central_crop_window(image_bytes)
-  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  image = decode_window(image_bytes, _central_crop_window)
   image = _resize(image, image_size)
   return common.normalize(image, MEAN_RGB, STDDEV_RGB)
 
@@ -280,6 +339,10 @@ def torchvision_crop_window(height, width, seed
   return top, left, crop_h, crop_w
 
 
+def _torchvision_window(height, width, seed) -> tf.Tensor:
+  return tf.stack(torchvision_crop_window(height, width, seed))
+
+
 def preprocess_train_torchvision(image_bytes: tf.Tensor, seed: tf.Tensor,
                                  image_size: int = DEFAULT_IMAGE_SIZE
                                  ) -> tf.Tensor:
@@ -292,7 +355,8 @@ def preprocess_train_torchvision(image_bytes: tf.Tensor, seed: tf.Tensor,
   and seed give the same image, bit for bit.
 
   Args:
-    image_bytes: a scalar string tensor, a JPEG-encoded RGB image.
+    image_bytes: a scalar string tensor, an encoded image (see
+      `decode_window`).
     seed: a stateless seed, an int32 or int64 tensor of shape [2].
     image_size: the side of the output.
 
@@ -303,9 +367,8 @@ def preprocess_train_torchvision(image_bytes: tf.Tensor, seed: tf.Tensor,
   seed = tf.convert_to_tensor(seed)
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
-  shape = tf.image.extract_jpeg_shape(image_bytes)
-  window = tf.stack(torchvision_crop_window(shape[0], shape[1], crop_seed))
-  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  image = decode_window(
+      image_bytes, functools.partial(_torchvision_window, seed=crop_seed))
   image = _resize_bilinear(image, [image_size, image_size])
   image = tf.ensure_shape(image, [image_size, image_size, 3])
   image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
@@ -340,14 +403,15 @@ def preprocess_eval_torchvision(image_bytes: tf.Tensor,
   before the crop, as in torchvision.
 
   Args:
-    image_bytes: a scalar string tensor, a JPEG-encoded RGB image.
+    image_bytes: a scalar string tensor, an encoded image (see
+      `decode_window`).
     image_size: the side of the output.
 
   Returns:
     A float32 image `[image_size, image_size, 3]`, normalised.
   """
   resize = torchvision_eval_resize_size(image_size)
-  image = tf.io.decode_jpeg(image_bytes, channels=3)
+  image = decode_rgb(image_bytes)
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   short = tf.cast(tf.minimum(height, width), tf.float64)
@@ -383,7 +447,8 @@ def preprocess_imagenet_train(image_bytes: tf.Tensor, seed: tf.Tensor,
   image, bit for bit.
 
   Args:
-    image_bytes: a scalar string tensor, a JPEG-encoded RGB image.
+    image_bytes: a scalar string tensor, an encoded image (see
+      `decode_window`).
     seed: a stateless seed, an int32 or int64 tensor of shape [2].
     image_size: the side of the output.
     augmentation: the recipe, one of `AUGMENTATIONS`:
@@ -407,7 +472,8 @@ def preprocess_imagenet_eval(image_bytes: tf.Tensor,
   """Evaluation preprocessing of one JPEG with either recipe, normalised.
 
   Args:
-    image_bytes: a scalar string tensor, a JPEG-encoded RGB image.
+    image_bytes: a scalar string tensor, an encoded image (see
+      `decode_window`).
     image_size: the side of the output.
     augmentation: the recipe, one of `AUGMENTATIONS`:
       `preprocess_eval_torchvision` or `preprocess_eval_inception`.
