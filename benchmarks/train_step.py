@@ -7,7 +7,10 @@ timed steps: the refresh period is set beyond them); and `method="optg"`
 with a refresh every step (`update_every_steps=1`), started at step 9,000 of
 the run's 10,000 so that the target is constant (epoch 9 of the reference's
 schedule), its scores trained for a few steps before timing, each timed
-step drawing new masks with the warm-started top-k. They are timed in
+step drawing new masks with the warm-started top-k. The loop chooses each
+step's refresh on the host, as the harness does (`Run.refresh_of`): the
+once-an-epoch steps timed are compiled without the top-k; the script counts
+the conditionals and loops left in each timed step's program. They are timed in
 alternation after compiling; it prints the median of each and the ratios to
 the dense step. The cost of one cold refresh (the global top-k of all
 scores) is also timed on its own and amortised over an ImageNet epoch of
@@ -18,7 +21,9 @@ scores) is also timed on its own and amortised over an ImageNet epoch of
 """
 
 import argparse
+import functools
 import os
+import re
 import statistics
 import sys
 import time
@@ -66,6 +71,20 @@ def build(method, args, every_step=False):
   return run, train.replicate(state), p_train
 
 
+def device_branches(run, state, batch, step: int) -> int:
+  """Conditionals and loops in the compiled program of the train step at
+  `step` (StableHLO `case`, `if` and `while` ops): branches decided on the
+  device, which an accelerator's host waits for."""
+  p_train, _ = run.parallel.compile(
+      functools.partial(train.train_step, model=run.model, tx=run.tx,
+                        schedules=run.schedules,
+                        label_smoothing=run.config.label_smoothing,
+                        sparse=run.sparse),
+      functools.partial(train.eval_step, model=run.model))
+  text = p_train(run.refresh_of(step)).lower(state, batch).as_text()
+  return len(re.findall(r"stablehlo\.(?:case|if|while)\b", text))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet50")
@@ -93,15 +112,25 @@ def main():
           "optg": build("optg", args),
           "optg every step": build("optg", args, every_step=True)}
   states = {m: r[1] for m, r in runs.items()}
+  # The step each run is at, on the host, which chooses its refresh.
+  steps = {m: int(np.asarray(s.step)[0]) for m, s in states.items()}
+  branches = {m: device_branches(r[0], states[m], batch, steps[m])
+              for m, r in runs.items()}
   times = {m: [] for m in runs}
+
+  def one_step(method, step):
+    states[method], metrics = step(states[method], batch, steps[method])
+    steps[method] += 1
+    return metrics
+
   for method, (_, _, step) in runs.items():  # Compile and warm up.
     for _ in range(args.warmup_steps):
-      states[method], metrics = step(states[method], batch)
+      metrics = one_step(method, step)
     jax.block_until_ready(metrics)
   for _ in range(args.repeats):
     for method, (_, _, step) in runs.items():
       start = time.perf_counter()
-      states[method], metrics = step(states[method], batch)
+      metrics = one_step(method, step)
       jax.block_until_ready((states[method], metrics))
       times[method].append(time.perf_counter() - start)
 
@@ -133,6 +162,8 @@ def main():
   print(f"OptG step, refresh every step: {every * 1e3:9.1f} ms (median of "
         f"{args.repeats}; {refreshed} steps from step {EVERY_STEP_START:,}, "
         f"each refreshing, warm start in use: {hint_set})")
+  print("device-side branches and loops in each timed step (StableHLO case, "
+        "if, while): " + ", ".join(f"{m} {n}" for m, n in branches.items()))
   print(f"OptG once an epoch / dense: {sparse / dense:.3f}x")
   print(f"OptG every step / dense:    {every / dense:.3f}x")
   print(f"one mask refresh (top-k of {prunable:,} scores): "

@@ -20,6 +20,7 @@ from optg_jax.report import sparsity_table
 from optg_jax.schedules import epochwise_cosine_schedule
 from optg_jax.schedules import final_sparsity_shortfall
 from optg_jax.schedules import last_refresh_step
+from optg_jax.schedules import refresh_due
 from optg_jax.schedules import SigmoidSparsity
 from optg_jax.schedules import sigmoid_sparsity_schedule
 from optg_jax.schedules import supermask_learning_rate
@@ -66,6 +67,7 @@ __all__ = (
     "nm_masks",
     "path_to_str",
     "reduction_axis",
+    "refresh_due",
     "sigmoid_sparsity_schedule",
     "sparse_metadata",
     "sparsity_report",

@@ -163,6 +163,29 @@ def last_refresh_step(total_steps: int, update_every: int) -> int:
   return (total_steps - 1) // update_every * update_every
 
 
+def refresh_due(step: int, update_every: int,
+                total_steps: Optional[int] = None) -> bool:
+  """Whether the update of step `step` (0-based) refreshes the masks.
+
+  `mask_transform` refreshes after step `t` when `(t + 1) % update_every
+  == 0` and, with the run's `total_steps` known, `t + 1 < total_steps` (no
+  refresh after the last step). A loop that knows its step on the host
+  passes `refresh=refresh_due(step, ...)` to the chain's `update`, so that
+  the compiled step holds the refresh only when it is due (see
+  `mask_transform`'s `refresh`).
+
+  Args:
+    step: the step about to run (the number of updates so far).
+    update_every: the refresh period in steps, as given to `mask_transform`.
+    total_steps: the run's number of updates, as `mask_transform` knows it
+      (its argument, or the sparsity schedule's own), or None: unbounded.
+  """
+  done = int(step) + 1
+  if done % int(update_every):
+    return False
+  return total_steps is None or done < int(total_steps)
+
+
 def shortfall_message(schedule: SigmoidSparsity, update_every: int,
                       names: Optional[Dict[str, str]] = None
                       ) -> Optional[str]:

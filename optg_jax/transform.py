@@ -284,12 +284,37 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       `beta` or number of epochs that would reach it.
     topk_layout: how the refresh's top-k reads the scores (`topk.topk_masks`'s
       `layout`): "leaves" (the default; each in its own shape, sharded or
-      not) or "flat" (concatenated first: several times faster on a GPU,
-      no faster on the CPU; for unsharded scores). The masks are the same.
+      not) or "flat" (concatenated first, a fixed number of passes and no
+      loop on the device: several times faster on a GPU, slower on the
+      CPU; for unsharded scores). The masks are the same.
 
   With `optax.inject_hyperparams`, pass `static_args=optg.STATIC_ARGS`: the
   scores' learning rate and momentum can then be injected, and the refreshes
   are those of the plain transform.
+
+  Choosing the refresh on the host. Under `jax.jit` the step count is on
+  the device, so by default a compiled step decides there whether it
+  refreshes: a `lax.cond` (or, with `update_every=1`, a select), whose
+  predicate an accelerator's host waits for in the middle of the step. A
+  loop that knows its step can decide instead: `update` (and `optax.chain`,
+  `inject_hyperparams`, `keep_sparse` around it) takes the extra argument
+  `refresh`, a Python bool, static in the compiled step:
+
+    @functools.partial(jax.jit, static_argnames="refresh")
+    def step(params, opt_state, batch, refresh): ...
+        tx.update(grads, opt_state, params, refresh=refresh) ...
+
+    params, opt_state = step(params, opt_state, batch,
+                             refresh=optg.refresh_due(t, update_every,
+                                                      total_steps))
+
+  `refresh=False` compiles a step with no top-k and no branch at all: the
+  caller's word that this update does not refresh (called op by op, a due
+  refresh refused is a ValueError; under `jit` it is trusted).
+  `refresh=True` compiles the top-k and takes its masks where the step
+  count says the refresh is due (a select, no branch), so it is correct at
+  any step. Two compilations, the masks and states bit for bit those of
+  `refresh=None`.
 
   Returns:
     An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -367,10 +392,12 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                      momentum=buffers, masks=masks, trained_masks=masks,
                      topk_hint=topk.empty_hint())
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, refresh=None, **extra_args):
+    del extra_args  # Those of other transformations of the chain.
     if params is None:
       raise ValueError("mask_transform needs the params: call "
                        "update(updates, state, params)")
+    _check_refresh(refresh)
     wrapped_updates = updates
     updates, state, params = map(unwrap_nnx, (updates, state, params))
     step = state.count
@@ -419,26 +446,37 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                                   layout=topk_layout)
 
     next_step = optax.safe_int32_increment(step)
-    refresh = next_step % update_every == 0
+    due = next_step % update_every == 0
     if total_steps is not None:  # No refresh after the run's last step.
-      refresh &= next_step < total_steps
+      due &= next_step < total_steps
     kept = lambda: (masks, state.topk_hint)
-    if not isinstance(refresh, jax.core.Tracer):
+    on_host = not isinstance(due, jax.core.Tracer)
+    if refresh is False:
+      if on_host and bool(due):
+        raise ValueError(
+            f"refresh=False at step {int(step)}, whose update refreshes the "
+            f"masks (update_every={update_every}); pass refresh="
+            "optg.refresh_due(step, update_every, total_steps)")
+      # The caller's word: no top-k in this step.
+      new_masks, new_hint = kept()
+      due = False
+    elif on_host:
       # Called op by op (outside `jit`): branch in Python.
-      new_masks, new_hint = refreshed() if bool(refresh) else kept()
-    elif update_every == 1:
-      # Every step refreshes (but the last): a select of the new masks
-      # costs less than a branch, whose operands XLA copies.
+      new_masks, new_hint = refreshed() if bool(due) else kept()
+    elif refresh or update_every == 1:
+      # A step that may refresh: a select of the new masks costs less than
+      # a branch, whose predicate the host waits for and whose operands
+      # XLA copies.
       drawn, hint = refreshed()
       new_masks, new_hint = jax.tree.map(
-          lambda new, old: jnp.where(refresh, new, old), (drawn, hint),
-          kept())
+          lambda new, old: jnp.where(due, new, old), (drawn, hint), kept())
     else:
-      new_masks, new_hint = jax.lax.cond(refresh, refreshed, kept)
+      new_masks, new_hint = jax.lax.cond(due, refreshed, kept)
 
-    if criterion == "taylor":  # The next period sums afresh.
+    if criterion == "taylor" and due is not False:
+      # The next period sums afresh.
       scores = jax.tree.map(
-          lambda s: None if s is None else jnp.where(refresh, 0.0, s), scores,
+          lambda s: None if s is None else jnp.where(due, 0.0, s), scores,
           is_leaf=lambda x: x is None)
 
     masked_updates = zero_pruned(wrapped_updates, masks)
@@ -446,7 +484,22 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
                                      momentum=buffers, masks=new_masks,
                                      trained_masks=masks, topk_hint=new_hint)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_refresh(refresh) -> None:
+  """Refuses a `refresh` that is not None or a Python bool."""
+  if refresh is None or isinstance(refresh, bool):
+    return
+  if isinstance(refresh, (np.bool_, np.ndarray, jax.Array, jax.core.Tracer)):
+    raise ValueError(
+        f"mask_transform: refresh must be None or a Python bool chosen on "
+        f"the host (a static argument of the compiled step), got "
+        f"{type(refresh).__name__}; pass refresh=optg.refresh_due(step, "
+        "update_every, total_steps) with jax.jit(..., static_argnames="
+        "'refresh'), or leave it None to decide on the device")
+  raise ValueError(f"mask_transform: refresh must be None, True or False, "
+                   f"got {refresh!r}")
 
 
 def _is_array(x) -> bool:

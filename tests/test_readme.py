@@ -50,6 +50,7 @@ def test_the_readme_has_the_blocks_these_tests_check():
   headings = [h for h, _ in BLOCKS]
   assert headings == [
       "The transform in an optax chain", "The transform in an optax chain",
+      "The refresh chosen on the host",
       "N:M structured sparsity and sparse model files",
       "Flax linen: `TrainState`", "Flax NNX",
       "Sharded training (jit, shard_map)"], headings
@@ -73,6 +74,12 @@ def test_block_runs_as_written(index):
       np.testing.assert_array_equal(kernel != 0, masks[name]["kernel"])
   elif heading == "The transform in an optax chain":
     assert printed.strip() == "0.05"
+  elif heading == "The refresh chosen on the host":
+    # Refreshed after the 4th and the 8th step, at 0.5 of 2,048 weights.
+    assert printed.strip() == "0.5"
+    state = optg.get_optg_state(namespace["opt_state"])
+    assert int(state.count) == 12
+    assert int(np.sum(state.trained_masks["kernel"])) == 1024
   elif heading.startswith("N:M"):
     assert printed.split() == ["2", "True"]
   elif heading.startswith("Flax linen"):

@@ -154,7 +154,7 @@ def test_nan_step_leaves_the_state_unchanged():
   batch = dict(batch, image=batch["image"].copy())
   batch["image"][1, 2, 3, 4, 0] = np.inf
   before = jax.device_get(state)
-  after, metrics = p_train(state, batch)
+  after, metrics = p_train(state, batch, 0)
   assert float(metrics["finite"][0]) == 0.0
   after = jax.device_get(after)
   runs.assert_trees_equal(after.params, before.params)

@@ -1,8 +1,11 @@
 """End-to-end tests of the training harness (optg_jax/train.py, launch/)."""
 
 import fractions
+import functools
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -304,8 +307,8 @@ def test_baselines_and_half_precision_share_the_step(method, half_precision,
   state = train.replicate(run.initial_state())
   shardings = [x.sharding for x in jax.tree.leaves(state)]
   batches = data.train_iterator(config, local_device_count=4)
-  for _ in range(3):
-    state, metrics = p_train(state, next(batches))
+  for step in range(3):
+    state, metrics = p_train(state, next(batches), step)
   # The step's outputs keep the inputs' sharding, so it compiles only once.
   assert [x.sharding for x in jax.tree.leaves(state)] == shardings
   assert np.all(np.asarray(metrics["finite"]) == 1.0)
@@ -324,3 +327,40 @@ def test_baselines_and_half_precision_share_the_step(method, half_precision,
   n = report["total"]
   assert report["kept"] == n - round(fractions.Fraction(float(s)) * n)
   assert report["kept"] < n
+
+
+@pytest.mark.parametrize("parallelism", [
+    "pmap", pytest.param("jit", marks=pytest.mark.long)])
+def test_the_host_chooses_the_refresh_and_the_run_is_the_same(parallelism):
+  """The harness compiles its step without the refresh for the steps
+  between refreshes (no branch in their program) and with it where due:
+  the same states, bit for bit, as the step that decides on the device."""
+  # 5 epochs at beta 4.5: the first epoch already prunes 3 weights.
+  config = tiny_config(update_every_steps=3, num_epochs=5, beta=4.5,
+                       parallelism=parallelism)
+  run = train.Run(config)
+  assert [run.refresh_of(t) for t in range(7)] == [
+      False, False, True, False, False, True, False]
+  p_train, _ = run.compiled_steps()
+  on_device, _ = run.parallel.compile(
+      functools.partial(train.train_step, model=run.model, tx=run.tx,
+                        schedules=run.schedules,
+                        label_smoothing=config.label_smoothing, sparse=True),
+      functools.partial(train.eval_step, model=run.model))
+  host_state = run.parallel.place(run.initial_state())
+  device_state = run.parallel.place(run.initial_state())
+  batches = list(itertools.islice(run.parallel.train_batches(
+      data.train_iterator(config, local_device_count=run.local_device_count)),
+      7))
+  between = on_device(False).lower(host_state, batches[0]).as_text()
+  assert not re.search(r"stablehlo\.(case|if|while)\b", between)
+  decided_there = on_device(None).lower(host_state, batches[0]).as_text()
+  assert re.search(r"stablehlo\.(case|if|while)\b", decided_there)
+  for step, batch in enumerate(batches):
+    host_state, _ = p_train(host_state, batch, step)
+    device_state, _ = on_device(None)(device_state, batch)
+  assert_trees_equal(run.parallel.host(host_state),
+                     run.parallel.host(device_state))
+  report = optg.sparsity_report(run.parallel.host(
+      optg.get_masks(host_state.opt_state)))
+  assert 0 < report["kept"] < report["total"]

@@ -1,6 +1,8 @@
 """Tests of mask_transform, get_masks and apply_masks (optg_jax/transform.py)."""
 
 from fractions import Fraction
+import functools
+import re
 
 import flax.jax_utils
 import jax
@@ -556,3 +558,128 @@ def test_update_outside_jit_is_the_jitted_update(criterion):
   assert int(eager.topk_hint.selections) == int(jitted.topk_hint.selections)
   assert count_kept(eager.trained_masks) == NUM_PRUNABLE - round(
       float(np.float32(schedule(6))) * NUM_PRUNABLE)
+
+
+# ---------------------------------------------------------------------------
+# The refresh chosen on the host (`update(..., refresh=)`).
+
+
+def _host_chosen_run(tx, steps, update_every, total_steps, wrap=None,
+                     choose=None):
+  """`steps` jitted updates with `refresh` static, chosen by `choose(t)`
+  (default `optg.refresh_due`), against the same updates with `refresh`
+  left to the device; returns both final `(params, state)` pairs."""
+  choose = choose or (lambda t: optg.refresh_due(t, update_every,
+                                                 total_steps))
+
+  @functools.partial(jax.jit, static_argnames="refresh")
+  def step(params, state, grads, refresh=None):
+    updates, state = tx.update(grads, state, params, refresh=refresh)
+    return optax.apply_updates(params, updates), state
+
+  host = device = (make_params(), tx.init(make_params()))
+  for t in range(steps):
+    host = step(*host, make_grads(t), refresh=choose(t))
+    device = step(*device, make_grads(t))
+  return host, device
+
+
+def _assert_bitwise(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("criterion", optg.CRITERIA)
+@pytest.mark.parametrize("update_every", [1, 3])
+def test_refresh_chosen_on_the_host_trains_the_same_run(criterion,
+                                                        update_every):
+  """`refresh=optg.refresh_due(...)` (two compiled steps) and the device's
+  own choice give the same params and states, bit for bit, over a run
+  whose refreshes change the masks; with a refresh every step, `True` at
+  every step (the last one included, which is no refresh) too."""
+  schedule = optg.sigmoid_sparsity_schedule(0.8, 4, 3, beta=7.0)
+  total = schedule.total_steps  # 12: no refresh after the last step.
+  tx = optax.chain(
+      optg.mask_transform(schedule, 0.5, update_every=update_every,
+                          criterion=criterion),
+      optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))
+  host, device = _host_chosen_run(tx, total, update_every, total)
+  _assert_bitwise(host, device)
+  state = optg.get_optg_state(host[1])
+  assert count_kept(state.masks) == NUM_PRUNABLE - round(
+      Fraction(float(np.float32(schedule(optg.last_refresh_step(
+          total, update_every))))) * NUM_PRUNABLE)
+  if update_every == 1:
+    always, device = _host_chosen_run(tx, total, 1, total,
+                                      choose=lambda t: True)
+    _assert_bitwise(always, device)
+
+
+def test_refresh_passes_through_inject_hyperparams_keep_sparse_and_nm():
+  schedule = optg.sigmoid_sparsity_schedule(0.5, 4, 2, beta=7.0)
+  inner = optax.chain(
+      optax.inject_hyperparams(optg.mask_transform,
+                               static_args=optg.STATIC_ARGS)(
+                                   sparsity=schedule, mask_learning_rate=0.3,
+                                   update_every=2, structure="2:4"),
+      optax.sgd(0.1))
+  for tx in (inner, optg.keep_sparse(inner)):
+    host, device = _host_chosen_run(tx, 8, 2, schedule.total_steps)
+    _assert_bitwise(host, device)
+    assert count_kept(optg.get_masks(host[1])) < NUM_PRUNABLE
+
+
+def _branches(fn, *args):
+  """Conditionals and loops (StableHLO case, if, while) in `fn`'s program."""
+  text = jax.jit(fn).lower(*args).as_text()
+  return len(re.findall(r"stablehlo\.(?:case|if|while)\b", text))
+
+
+@pytest.mark.parametrize("topk_layout", ["leaves", "flat"])
+def test_a_step_compiled_without_the_refresh_holds_no_branch(topk_layout):
+  params, grads = make_params(), make_grads(0)
+  tx = optax.chain(optg.mask_transform(0.5, 0.1, update_every=100,
+                                       topk_layout=topk_layout),
+                   optax.sgd(0.1))
+  state = tx.init(params)
+  update = lambda refresh: (lambda g, s, p: tx.update(g, s, p,
+                                                      refresh=refresh))
+  assert _branches(update(False), grads, state, params) == 0
+  assert _branches(update(None), grads, state, params) > 0  # lax.cond.
+  # A step that may refresh selects its masks; only the per-leaf search
+  # loops.
+  with_refresh = _branches(update(True), grads, state, params)
+  assert (with_refresh == 0) == (topk_layout == "flat")
+
+
+def test_refresh_true_where_none_is_due_keeps_the_masks():
+  params = make_params()
+  tx = optg.mask_transform(0.5, 0.1, update_every=3)
+  state = tx.init(params)
+  for t in range(4):
+    refresh = optg.refresh_due(t, 3)
+    _, state = jax.jit(functools.partial(tx.update, refresh=True))(
+        make_grads(t), state, params)
+    assert count_kept(state.masks) == (
+        NUM_PRUNABLE // 2 if t >= 2 else NUM_PRUNABLE), (t, refresh)
+  assert [optg.refresh_due(t, 3) for t in range(6)] == [
+      False, False, True, False, False, True]
+  assert [optg.refresh_due(t, 3, total_steps=6) for t in range(6)] == [
+      False, False, True, False, False, False]
+
+
+def test_bad_refresh_is_refused():
+  params = make_params()
+  tx = optg.mask_transform(0.5, 0.1, update_every=2)
+  state = tx.init(params)
+  _, state = tx.update(make_grads(0), state, params, refresh=False)
+  # Op by op, the step is known: a due refresh cannot be skipped.
+  with pytest.raises(ValueError, match=r"refresh=False at step 1, whose "
+                     r"update refreshes the masks"):
+    tx.update(make_grads(1), state, params, refresh=False)
+  for bad in (np.bool_(True), jnp.bool_(False), 1, "yes"):
+    with pytest.raises(ValueError, match="refresh must be"):
+      tx.update(make_grads(1), state, params, refresh=bad)
+  with pytest.raises(ValueError, match="a Python bool chosen on the host"):
+    jax.jit(tx.update)(make_grads(1), state, params, refresh=True)

@@ -179,7 +179,7 @@ def _train(run: Run, place, sigterm: SigtermFlag,
   for step in range(start_step, run.total_steps):
     batch = next(train_iter)
     done = step + 1
-    state, metrics = p_train(state, batch)
+    state, metrics = p_train(state, batch, step)
     if step == start_step:
       progress.start(metrics)  # Once compiled and run.
     train_metrics.append(metrics)

@@ -9,7 +9,8 @@ array replicated on the mesh, the batch a global array sharded along
 `data` (`jax.make_array_from_process_local_data`), and the steps see the
 whole batch (`axis_name=None`).
 
-Both give the loop the same handful of operations: `compile` the steps,
+Both give the loop the same handful of operations: `compile` the steps
+(the train step once for each `refresh` the host chooses),
 `place` a host state on the devices, `one` replica of a tree (still on a
 device) and its `host` copy, the `train_batches` and `eval_batch` of the
 input pipeline's per-device batches, and the `fingerprints` of every
@@ -43,9 +44,16 @@ class Pmap:
         jax.sharding.PartitionSpec("batch"))
 
   def compile(self, train_step, eval_step):
-    """The pmapped steps (the train step donates its state)."""
-    train = jax.pmap(functools.partial(train_step, axis_name=self.axis_name),
-                     axis_name=self.axis_name, donate_argnums=(0,))
+    """The pmapped steps: `train(refresh)` is the train step for that value
+    of its `refresh` (one compilation each, when first called; it donates
+    its state), `evaluate` the eval step."""
+
+    @functools.cache
+    def train(refresh):
+      return jax.pmap(functools.partial(train_step, axis_name=self.axis_name,
+                                        refresh=refresh),
+                      axis_name=self.axis_name, donate_argnums=(0,))
+
     evaluate = jax.pmap(functools.partial(eval_step,
                                           axis_name=self.axis_name),
                         axis_name=self.axis_name)
@@ -101,10 +109,17 @@ class Jit:
         self.mesh, jax.sharding.PartitionSpec("data"))
 
   def compile(self, train_step, eval_step):
-    """The jitted steps: their outputs replicated on the mesh (the train
-    step donates its state)."""
-    train = jax.jit(functools.partial(train_step, axis_name=None),
-                    out_shardings=self.replicated, donate_argnums=(0,))
+    """The jitted steps, their outputs replicated on the mesh: `train(
+    refresh)` is the train step for that value of its `refresh` (one
+    compilation each, when first called; it donates its state), `evaluate`
+    the eval step."""
+
+    @functools.cache
+    def train(refresh):
+      return jax.jit(functools.partial(train_step, axis_name=None,
+                                       refresh=refresh),
+                     out_shardings=self.replicated, donate_argnums=(0,))
+
     evaluate = jax.jit(functools.partial(eval_step, axis_name=None),
                        out_shardings=self.replicated)
     return train, evaluate

@@ -101,12 +101,36 @@ class Run:
                               self.info.image_shape, self.tx)
 
   def compiled_steps(self):
-    """`(train_step, eval_step)` compiled for `self.parallel`."""
+    """`(train_step, eval_step)` compiled for `self.parallel`.
+
+    `train_step(state, batch, step)` runs the step `step` (the state's, on
+    the host) with the refresh chosen there (`refresh_of`): no branch on
+    the device. The eval step is `eval_step(state, masks, batch)`.
+    """
     train = functools.partial(
         train_step, model=self.model, tx=self.tx, schedules=self.schedules,
         label_smoothing=self.config.label_smoothing, sparse=self.sparse)
     evaluate = functools.partial(eval_step, model=self.model)
-    return self.parallel.compile(train, evaluate)
+    train_for, evaluate = self.parallel.compile(train, evaluate)
+
+    def train_at(state, batch, step: int):
+      return train_for(self.refresh_of(step))(state, batch)
+
+    return train_at, evaluate
+
+  def refresh_of(self, step: int):
+    """The train step's `refresh` at step `step`, chosen on the host.
+
+    None for a dense run (no masks). With a refresh every step, True (the
+    step after the last is no refresh, which the select in the step
+    handles: one compilation). Else whether the update of `step` refreshes
+    (`optg.refresh_due`): the steps between refreshes hold no top-k.
+    """
+    if not self.sparse:
+      return None
+    if self.update_every == 1:
+      return True
+    return optg.refresh_due(step, self.update_every, self.schedule_steps)
 
   def trained_masks(self, state):
     """The masks the last step trained with (placed), or None: dense."""

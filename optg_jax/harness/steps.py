@@ -43,7 +43,7 @@ def _mean_over(axis_name: Optional[str]):
 def train_step(state: TrainState, batch, *, model, tx, schedules: Schedules,
                label_smoothing: float, sparse: bool,
                axis_name: Optional[str] = "batch",
-               return_grads: bool = False):
+               return_grads: bool = False, refresh: Optional[bool] = None):
   """One step: forward on the masked weights, mean gradients, optax update.
 
   Args:
@@ -57,6 +57,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedules: Schedules,
     axis_name: the pmap axis to average over; None under `jax.jit`.
     return_grads: also return the (mean) gradients with respect to the
       masked weights, `G` of the scores' `G * W` (`launch/diagnose.py`).
+    refresh: `mask_transform`'s `refresh`, chosen on the host
+      (`Run.refresh_of`): False compiles a step without the top-k, True one
+      that refreshes where due; None decides on the device.
 
   A step whose loss or gradients are not finite leaves the state unchanged
   (but for the step count) and reports `finite = 0`; the host stops the run.
@@ -86,7 +89,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedules: Schedules,
   # Identical on every device: loss and gradients are pmean-ed.
   finite = jnp.isfinite(loss) & _tree_all_finite(grads)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                 refresh=refresh)
   params = optax.apply_updates(state.params, updates)
   if dynamic_scale is not None:
     # fp16 loss scaling: an overflow skips the step and lowers the scale.
