@@ -10,11 +10,13 @@ defaults). It prints, in a few minutes:
    like those of a training run (a steady drift plus noise); a sort-based
    threshold; `jax.lax.top_k` and `jax.lax.approx_max_k` of the
    concatenated scores; ours again with `layout="flat"` (the scores
-   concatenated first). Medians in ms, the passes over the scores each of
+   concatenated first, a fixed number of passes). Medians in ms, the passes over the scores each of
    ours took, and whether all of ours give identical masks.
 2. Training steps of ResNet-50 (batch 256, 224x224, bfloat16 compute on a
    GPU or TPU) on random images: dense SGD, OptG with a refresh once an
-   epoch (no refresh in the timed steps), OptG with a refresh every step
+   epoch (no refresh in the timed steps; the step compiled without it, as
+   chosen on the host, and the plain `update`'s step, which decides in a
+   `lax.cond` on the device), OptG with a refresh every step
    (scores trained for some steps first, constant target), the same with
    `topk_layout="flat"`. Images/s, the
    ratio of each step's time to the dense one, and the device memory of
@@ -131,8 +133,8 @@ def topk_section(args):
         f"{args.model} kernels (sparsity {s}); medians of {args.repeats}")
   rows = [("topk_masks, cold", lambda: cold(now)),
           ("warm_topk_masks, warm", lambda: warm(now, hint)[0]),
-          ("cold, layout='flat'", lambda: cold_flat(now)),
-          ("warm, layout='flat'", lambda: warm_flat(now, hint)[0]),
+          ("layout='flat' (fixed passes)", lambda: cold_flat(now)),
+          ("the same, given a hint", lambda: warm_flat(now, hint)[0]),
           ("sort-based threshold", lambda: jax.jit(sort_threshold)(now)),
           ("jax.lax.top_k", lambda: jax.jit(flat_top_k)(now)),
           ("jax.lax.approx_max_k", lambda: jax.jit(flat_approx_max_k)(now))]
@@ -141,15 +143,17 @@ def topk_section(args):
     try:
       ms = median_ms(fn, args.repeats)
     except Exception as e:  # pylint: disable=broad-except
-      print(f"  {name + ':':24s} not available here ({type(e).__name__}: "
+      print(f"  {name + ':':30s} not available here ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:80]})")
       continue
     cold_ms = ms if cold_ms is None else cold_ms
-    print(f"  {name + ':':24s} {ms:9.2f} ms  ({cold_ms / ms:5.2f}x cold)")
+    print(f"  {name + ':':30s} {ms:9.2f} ms  ({cold_ms / ms:5.2f}x cold)")
   cold_passes = int(topk.selection_passes(now, s))
   warm_passes = int(topk.selection_passes(now, s, hint))
-  print(f"  passes over the scores: cold {cold_passes}, warm {warm_passes}; "
-        f"identical masks (cold, warm, both flat): {identical}")
+  flat_passes = int(topk.selection_passes(now, s, layout="flat"))
+  print(f"  passes over the scores: cold {cold_passes}, warm {warm_passes}, "
+        f"flat {flat_passes} (fixed); identical masks (cold, warm, both "
+        f"flat): {identical}")
 
 
 def train_section(args):
@@ -165,19 +169,22 @@ def train_section(args):
       jax.random.key(0), images[:1], train=False))()
   weights = lambda: [optax.add_decayed_weights(1e-4),
                      optax.sgd(0.1, momentum=0.9)]
+  once = lambda: optax.chain(optg.mask_transform(
+      args.sparsity, 0.1, update_every=STEPS_PER_EPOCH), *weights())
+  # (chain, sparse, refresh): `refresh` as the host chooses it (the timed
+  # once-an-epoch steps are not due), or None: decided on the device.
   chains = {
-      "dense": (optax.chain(*weights()), False),
-      "OptG, refresh once an epoch": (optax.chain(optg.mask_transform(
-          args.sparsity, 0.1, update_every=STEPS_PER_EPOCH), *weights()),
-                                      True),
+      "dense": (optax.chain(*weights()), False, None),
+      "OptG, once an epoch": (once(), True, False),
+      "OptG, once an epoch, lax.cond": (once(), True, None),
       "OptG, refresh every step": (optax.chain(optg.mask_transform(
-          args.sparsity, 0.1, update_every=1), *weights()), True),
+          args.sparsity, 0.1, update_every=1), *weights()), True, True),
       "OptG, every step, flat top-k": (optax.chain(optg.mask_transform(
           args.sparsity, 0.1, update_every=1, topk_layout="flat"),
-                                                  *weights()), True),
+                                                  *weights()), True, True),
   }
 
-  def make_step(tx, sparse):
+  def make_step(tx, sparse, refresh):
     def loss_fn(weights_in_force, batch_stats):
       logits, new = model.apply(
           {"params": weights_in_force, "batch_stats": batch_stats}, images,
@@ -191,17 +198,18 @@ def train_section(args):
                   if sparse else params)
       (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           in_force, batch_stats)
-      updates, opt_state = tx.update(grads, opt_state, params)
+      updates, opt_state = tx.update(grads, opt_state, params,
+                                     refresh=refresh)
       return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
   runs = {}
-  for name, (tx, sparse) in chains.items():
+  for name, (tx, sparse, refresh) in chains.items():
     params = jax.tree.map(jnp.copy, variables["params"])
     batch_stats = jax.tree.map(jnp.copy, variables["batch_stats"])
     opt_state = tx.init(params)
-    step = make_step(tx, sparse)
+    step = make_step(tx, sparse, refresh)
     memory = step.lower(params, batch_stats, opt_state).compile(
         ).memory_analysis()
     state = (params, batch_stats, opt_state)

@@ -12,6 +12,12 @@ position, lowest flat index (in leaf order) first, by the same kind of
 search over positions, so the number of kept entries is always exactly `k`.
 Called outside `jax.jit`, the selection is compiled once per shapes.
 
+With `layout="flat"` (for accelerators) the keys of all leaves are
+concatenated first and the search takes a fixed number of passes, a radix
+select: each pass reads the next four bits of the threshold's key (eight
+passes), then of the tie cut's position, so no loop decides on the device
+when to stop and a compiled step holds no branch.
+
 Every pass is an elementwise comparison and a sum over each leaf in its own
 shape (no leaf is flattened or gathered), so a leaf sharded over a mesh under
 `jax.jit` is counted shard by shard and only the scalar counts are
@@ -558,6 +564,79 @@ def _tie_cut(counter: _Counter, threshold, ties_to_keep):
   return lo
 
 
+# The fixed-pass selection (`layout="flat"`) reads this many bits of the
+# keys (and of the tie positions) per pass: `2**_DIGIT_BITS - 1` candidates,
+# three words of `_Counter` fields, eight passes for a 32-bit key.
+_DIGIT_BITS = 4
+
+
+def _digit_widths(bits: int):
+  """`bits` cut into digits of `_DIGIT_BITS` (the first may be narrower)."""
+  widths = [_DIGIT_BITS] * (bits // _DIGIT_BITS)
+  if bits % _DIGIT_BITS:
+    widths.insert(0, bits % _DIGIT_BITS)
+  return widths
+
+
+def _digit_candidates(lo, rest: int, width: int, dtype):
+  """`lo + j * 2**rest` for `j = 1, ..., 2**width - 1`: the values that
+  split `[lo, lo + 2**(rest + width))` by the next digit."""
+  j = np.arange(1, 2**width, dtype=np.uint64) << np.uint64(rest)
+  return lo + jnp.asarray(j.astype(dtype))
+
+
+def _fixed_threshold_search(counter: _Counter, k) -> _Search:
+  """The exact threshold by radix digits: a pass per digit of the key.
+
+  Each pass counts the keys at or above the candidates that split the
+  bracket by the next `_DIGIT_BITS` bits and keeps the part the threshold
+  is in (`_narrowed`), so after the last digit the bracket is one key. The
+  passes are fixed in number (eight), whatever the scores: no loop decides
+  on the device when to stop.
+  """
+  n = jnp.int32(counter.total)
+  search = _Search(lo=jnp.zeros([], jnp.uint32),
+                   hi=jnp.full([], _ALL_BITS, jnp.uint32),
+                   n_lo=n, n_hi=jnp.zeros([], jnp.int32),
+                   mode=jnp.int32(_UNIFORM), found=jnp.zeros([], bool),
+                   passes=jnp.zeros([], jnp.int32))
+  search = jax.tree.map(lambda x: x + jnp.zeros_like(k, x.dtype), search)
+  rest = 32
+  for width in _digit_widths(32):
+    rest -= width
+    candidates = _digit_candidates(search.lo, rest, width, np.uint32)
+    search = _narrowed(search, candidates, counter.count_at_least(candidates),
+                       k)
+  return search._replace(found=jnp.ones_like(search.found))
+
+
+def _fixed_tie_cut(counter: _Counter, threshold, ties_to_keep):
+  """`_tie_cut` by radix digits of the positions: a pass per digit.
+
+  The largest cut `c < 2**bits` (`bits` enough for every position) with at
+  most `ties_to_keep` keys equal to `threshold` before it. When no cut is
+  needed it is `2**bits - 1`, past every position, so it is always used.
+  """
+  bits = int(counter.total).bit_length()
+  lo = jnp.zeros_like(ties_to_keep)
+  rest = bits
+  for width in _digit_widths(bits):
+    rest -= width
+    candidates = _digit_candidates(lo, rest, width, np.int32)
+    counts = counter.count(lambda i, rows, c=candidates: [
+        (rows == threshold) & (counter.positions(i) < c[j])
+        for j in range(c.shape[0])])
+    few = counts <= ties_to_keep
+    lo = jnp.maximum(lo, jnp.max(jnp.where(few, candidates, 0)))
+  return lo
+
+
+def fixed_passes(total: int) -> int:
+  """The passes of the fixed-pass selection of `total` scores: the key's
+  digits, then the positions' (the masks' own pass not counted)."""
+  return len(_digit_widths(32)) + len(_digit_widths(int(total).bit_length()))
+
+
 LAYOUTS = ("leaves", "flat")
 
 
@@ -616,18 +695,25 @@ def _select_traced(scores, sparsity, axis_name, hint, layout, k=None):
     k = jnp.int32(num_to_keep(sparsity, total))
 
   keys = [order_preserving_keys(leaf) for leaf in leaves]
-  flat = layout == "flat" and len(leaves) > 1
+  fixed = layout == "flat"
+  flat = fixed and len(leaves) > 1
   if flat:  # One vector in leaf order: the same flat positions.
     keys = [jnp.concatenate([key.reshape(-1) for key in keys])]
     counter = _Counter(keys, [False], names, [total], [total])
   else:
     counter = _Counter(keys, sharded, names, sizes, global_sizes)
-  search = _threshold_search(counter, k, hint)
+  if fixed:  # Passes fixed in number: no loop, no branch.
+    search = _fixed_threshold_search(counter, k)
+    cut = _fixed_tie_cut(counter, search.lo, k - search.n_hi)
+    passes = jnp.int32(fixed_passes(total))
+  else:
+    search = _threshold_search(counter, k, hint)
+    ties_to_keep = k - search.n_hi
+    cut = lax.cond((search.n_lo - search.n_hi > ties_to_keep) & (k > 0),
+                   lambda: _tie_cut(counter, search.lo, ties_to_keep),
+                   lambda: jnp.full_like(k, total))
+    passes = search.passes
   threshold = search.lo
-  ties_to_keep = k - search.n_hi
-  cut = lax.cond((search.n_lo - search.n_hi > ties_to_keep) & (k > 0),
-                 lambda: _tie_cut(counter, threshold, ties_to_keep),
-                 lambda: jnp.full_like(k, total))
   # k == 0 has no threshold: no key is "at least k-th largest".
   masks = [m & (k > 0) for m in counter.masks(threshold, cut)]
   if flat:
@@ -642,7 +728,7 @@ def _select_traced(scores, sparsity, axis_name, hint, layout, k=None):
         previous=jnp.where(k > 0, hint.threshold, hint.previous),
         selections=jnp.where(k > 0, jnp.minimum(hint.selections + 1, 2),
                              hint.selections).astype(jnp.int32))
-  return jax.tree.unflatten(treedef, masks), hint, search.passes
+  return jax.tree.unflatten(treedef, masks), hint, passes
 
 
 def topk_masks(scores: PyTree, sparsity: Sparsity,
@@ -689,14 +775,16 @@ def topk_masks(scores: PyTree, sparsity: Sparsity,
     axis_name: inside `jax.shard_map`, the mesh axis name (or tuple of
       names) that the scores are sharded over; None (the default) elsewhere.
     layout: "leaves" (the default) counts each leaf in its own shape, as
-      described above. "flat" concatenates the keys of all leaves into one
-      vector first (one copy of the scores), so that each pass is a few
-      large operations instead of a few per leaf: on a GPU, where a pass
-      over ResNet-50's 54 kernels costs more in kernel launches than in
-      reading the scores, it is several times faster (see
-      `benchmarks/accelerator.py`); on the CPU it is no faster. The masks are
-      the same. Under `jax.jit` it gathers sharded scores (use "leaves");
-      not supported with `axis_name`.
+      described above. "flat", for accelerators, concatenates the keys of
+      all leaves into one vector first (one copy of the scores), so that
+      each pass is a few large operations instead of a few per leaf (on a
+      GPU a pass over ResNet-50's 54 kernels costs more in kernel launches
+      than in reading the scores), and takes a fixed number of passes
+      (`fixed_passes`: a radix select of the key, four bits a pass, then
+      of the tie cut's position), with no loop or branch on the device. On
+      the CPU it is slower (more passes than the search). The masks are the
+      same. Under `jax.jit` it gathers sharded scores (use "leaves"); not
+      supported with `axis_name`.
 
   Returns:
     A pytree of bool arrays with the structure of `scores` (`None` where
@@ -716,7 +804,9 @@ def warm_topk_masks(scores: PyTree, sparsity: Sparsity, hint: TopKHint,
   leaves a narrow bracket, and the next passes interpolate within it; when
   the scores moved a lot, the search widens and goes on as the cold one
   does. The masks are exactly those of `topk_masks(scores, sparsity,
-  axis_name)` (same count, same tie rule) whatever the hint holds.
+  axis_name)` (same count, same tie rule) whatever the hint holds. With
+  `layout="flat"` the passes are fixed in number and the hint saves none;
+  it is still updated, so that the layouts can be switched.
 
   Args:
     scores: as for `topk_masks`.

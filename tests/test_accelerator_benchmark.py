@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from optg_jax import topk
 import runs
 
 pytestmark = pytest.mark.slow
@@ -24,18 +25,22 @@ def test_accelerator_benchmark_runs_on_the_cpu_and_prints_its_figures():
   assert out.startswith("backend: cpu; device: "), out
   timings = dict(re.findall(r"^  ([^:]+): +([0-9.]+) ms", out, re.M))
   for name in ("topk_masks, cold", "warm_topk_masks, warm",
-               "cold, layout='flat'", "warm, layout='flat'",
+               "layout='flat' (fixed passes)", "the same, given a hint",
                "sort-based threshold", "jax.lax.top_k"):
     assert float(timings[name]) > 0, (name, out)
-  passes = re.search(r"passes over the scores: cold (\d+), warm (\d+); "
-                     r"identical masks \(cold, warm, both flat\): (\w+)", out)
-  assert passes and passes.group(3) == "True", out
+  passes = re.search(r"passes over the scores: cold (\d+), warm (\d+), "
+                     r"flat (\d+) \(fixed\); identical masks \(cold, warm, "
+                     r"both flat\): (\w+)", out)
+  assert passes and passes.group(4) == "True", out
   assert 0 < int(passes.group(2)) < int(passes.group(1)), out
+  total = int(re.search(r"of ([0-9,]+) float32 scores", out).group(1)
+              .replace(",", ""))
+  assert int(passes.group(3)) == topk.fixed_passes(total), out
   steps = re.findall(r"^  ([^:]+): +([0-9.]+) images/s +([0-9.]+)x dense", out,
                      re.M)
   assert [name for name, _, _ in steps] == [
-      "dense", "OptG, refresh once an epoch", "OptG, refresh every step",
-      "OptG, every step, flat top-k"], out
+      "dense", "OptG, once an epoch", "OptG, once an epoch, lax.cond",
+      "OptG, refresh every step", "OptG, every step, flat top-k"], out
   assert steps[0][2] == "1.000" and all(float(i) > 0 for _, i, _ in steps)
   assert "peak device memory of the process: not reported" in out
 

@@ -1,6 +1,8 @@
 """Tests of the exact global top-k (optg_jax/topk.py)."""
 
 from fractions import Fraction
+import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -46,10 +48,12 @@ def random_tree(rng, tie_levels=None):
 
 @pytest.mark.parametrize("tie_levels", [None, 2, 3, 5])
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.73, 0.9, 0.999])
-def test_matches_sort_reference_and_exact_count(tie_levels, sparsity):
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_matches_sort_reference_and_exact_count(tie_levels, sparsity, layout):
   rng = np.random.default_rng(int(1000 * sparsity) + (tie_levels or 0))
   leaves = random_tree(rng, tie_levels)
-  masks = topk_masks([jnp.asarray(x) for x in leaves], sparsity)
+  masks = topk_masks([jnp.asarray(x) for x in leaves], sparsity,
+                     layout=layout)
   expected = reference_masks(leaves, sparsity)
   total = sum(x.size for x in leaves)
   assert count(masks) == total - round(Fraction(sparsity) * total)
@@ -66,11 +70,12 @@ def test_kept_scores_dominate_pruned_scores():
   assert scores[kept].min() >= scores[~kept].max()
 
 
-def test_all_equal_leaves_break_ties_by_position():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_all_equal_leaves_break_ties_by_position(layout):
   tree = {"a": jnp.ones((4, 5)), "b": jnp.ones((10,)), "c": None}
   # 0.25 * 30 = 7.5 rounds to 8 (half to even): keep 22, that is all 20
   # entries of "a" (first in leaf order) and the first 2 of "b".
-  masks = topk_masks(tree, 0.25)
+  masks = topk_masks(tree, 0.25, layout=layout)
   assert masks["c"] is None
   assert count(masks) == 22
   assert bool(jnp.all(masks["a"]))
@@ -78,9 +83,10 @@ def test_all_equal_leaves_break_ties_by_position():
                                 [True] * 2 + [False] * 8)
 
 
-def test_negative_zero_and_infinities_order():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_negative_zero_and_infinities_order(layout):
   scores = [jnp.array([-0.0, 0.0, -jnp.inf, jnp.inf, -1.0, 1.0, -0.0])]
-  masks = topk_masks(scores, 3 / 7)  # keep 4: inf, 1, then zeros by position
+  masks = topk_masks(scores, 3 / 7, layout=layout)  # keep 4: inf, 1, then zeros by position
   np.testing.assert_array_equal(np.asarray(masks[0]),
                                 [True, True, False, True, False, True, False])
 
@@ -96,11 +102,12 @@ def test_order_preserving_keys_are_monotone():
   assert keys[x.tolist().index(0.0)] == keys[x.tolist().index(-0.0) + 1]
 
 
-def test_traced_sparsity_under_jit_gives_exact_count():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_traced_sparsity_under_jit_gives_exact_count(layout):
   rng = np.random.default_rng(2)
   leaves = [jnp.asarray(x) for x in random_tree(rng, tie_levels=3)]
   total = sum(x.size for x in leaves)
-  fn = jax.jit(topk_masks)
+  fn = jax.jit(lambda x, s: topk_masks(x, s, layout=layout))
   for s in rng.random(20).astype(np.float32):
     masks = fn(leaves, jnp.float32(s))
     assert count(masks) == total - round(Fraction(float(s)) * total)
@@ -124,11 +131,12 @@ def test_traced_count_is_exact_rational_rounding(total):
     assert int(fn(jnp.float32(s))) == want, (s, total)
 
 
-def test_bfloat16_and_float16_scores():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_bfloat16_and_float16_scores(layout):
   rng = np.random.default_rng(3)
   for dtype in (jnp.bfloat16, jnp.float16):
     leaves = [jnp.asarray(x, dtype) for x in random_tree(rng)]
-    masks = topk_masks(leaves, 0.8)
+    masks = topk_masks(leaves, 0.8, layout=layout)
     as_f32 = [np.asarray(x.astype(jnp.float32)) for x in leaves]
     for got, want in zip(masks, reference_masks(as_f32, 0.8)):
       np.testing.assert_array_equal(np.asarray(got), want)
@@ -150,9 +158,11 @@ def test_masks_have_tree_structure_and_dtype():
   assert count(masks) == 78 - 20  # round(19.5) = 20, half to even
 
 
-def test_no_leaves_and_sparsity_near_one():
-  assert topk_masks({"a": None}, 0.5) == {"a": None}
-  masks = topk_masks([jnp.arange(10.0)], 0.96)  # round(9.6) = 10: keep none
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_no_leaves_and_sparsity_near_one(layout):
+  assert topk_masks({"a": None}, 0.5, layout=layout) == {"a": None}
+  # round(9.6) = 10: keep none.
+  masks = topk_masks([jnp.arange(10.0)], 0.96, layout=layout)
   assert count(masks) == 0
 
 
@@ -236,7 +246,8 @@ def test_refreshes_of_a_training_run_equal_the_cold_selection():
   assert warm_passes < cold_passes, (warm_passes, cold_passes)
 
 
-def test_any_hint_gives_the_cold_masks():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_any_hint_gives_the_cold_masks(layout):
   """Hints that are wrong in every way (far off, reversed, at the extreme
   keys, never set) on scores with and without ties, NaN and infinities."""
   rng = np.random.default_rng(7)
@@ -255,7 +266,8 @@ def test_any_hint_gives_the_cold_masks():
       want = topk_masks(scores, sparsity)
       assert count(want) == topk.num_to_keep(sparsity, sum(
           x.size for x in leaves))
-      select = jax.jit(lambda x, h, p=sparsity: topk.warm_topk_masks(x, p, h))
+      select = jax.jit(lambda x, h, p=sparsity: topk.warm_topk_masks(
+          x, p, h, layout=layout))
       for hint in hints:
         masks, new = select(scores, hint)
         assert_same_masks(masks, want)
@@ -263,7 +275,8 @@ def test_any_hint_gives_the_cold_masks():
         assert int(new.previous) == int(hint.threshold)
 
 
-def test_hint_follows_the_threshold_and_a_sparsity_jump():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_hint_follows_the_threshold_and_a_sparsity_jump(layout):
   """The hint holds the key of the k-th largest score; a jump of the
   sparsity (an epoch boundary of the reference's schedule) between two
   selections still gives the cold masks, with the same hint either way."""
@@ -271,13 +284,15 @@ def test_hint_follows_the_threshold_and_a_sparsity_jump():
   leaves = random_tree(rng)
   scores = [jnp.asarray(x) for x in leaves]
   flat = np.sort(np.concatenate([x.reshape(-1) for x in leaves]))[::-1]
-  _, hint = topk.warm_topk_masks(scores, 0.2, topk.empty_hint())
+  _, hint = topk.warm_topk_masks(scores, 0.2, topk.empty_hint(),
+                                 layout=layout)
   k = topk.num_to_keep(0.2, flat.size)
   assert int(hint.threshold) == int(topk.order_preserving_keys(flat[k - 1]))
   assert int(hint.selections) == 1
   moved = [x * 1.01 + 0.001 for x in scores]
   for sparsity in (0.2, 0.5, 0.9, 0.99):
-    masks, next_hint = jax.jit(topk.warm_topk_masks)(moved, sparsity, hint)
+    masks, next_hint = jax.jit(functools.partial(
+        topk.warm_topk_masks, layout=layout))(moved, sparsity, hint)
     cold, cold_hint = topk.warm_topk_masks(moved, sparsity,
                                            topk.empty_hint())
     assert_same_masks(masks, cold)
@@ -286,22 +301,24 @@ def test_hint_follows_the_threshold_and_a_sparsity_jump():
     assert int(next_hint.threshold) == int(cold_hint.threshold)
 
 
-def test_traced_sparsity_and_bfloat16_scores_warm():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_traced_sparsity_and_bfloat16_scores_warm(layout):
   rng = np.random.default_rng(9)
   scores = [jnp.asarray(x, jnp.bfloat16) for x in random_tree(rng)]
-  select = jax.jit(topk.warm_topk_masks)
+  select = jax.jit(functools.partial(topk.warm_topk_masks, layout=layout))
   _, hint = select(scores, jnp.float32(0.6), topk.empty_hint())
   for sparsity in (0.6, 0.61, 0.7):
     masks, hint = select(scores, jnp.float32(sparsity), hint)
     assert_same_masks(masks, topk_masks(scores, jnp.float32(sparsity)))
 
 
-def test_nothing_kept_leaves_the_hint_as_it_was():
+@pytest.mark.parametrize("layout", topk.LAYOUTS)
+def test_nothing_kept_leaves_the_hint_as_it_was(layout):
   """k == 0 (a sparsity that rounds every entry away) keeps nothing and
   has no threshold to remember."""
   scores = [jnp.arange(3, dtype=jnp.float32)]
   hint = hint_of(0x90000000, 0x8F000000, 2)
-  masks, new = topk.warm_topk_masks(scores, 0.9, hint)
+  masks, new = topk.warm_topk_masks(scores, 0.9, hint, layout=layout)
   assert count(masks) == topk.num_to_keep(0.9, 3) == 0
   assert (int(new.threshold), int(new.previous), int(new.selections)) == (
       0x90000000, 0x8F000000, 2)
@@ -346,3 +363,59 @@ def test_transform_with_the_flat_layout_trains_the_same_run():
   with pytest.raises(ValueError, match="layout must be one of"):
     import optg_jax as optg  # pylint: disable=g-import-not-at-top
     optg.mask_transform(0.5, 0.1, topk_layout="sorted")
+
+
+def device_branches(fn, *args) -> int:
+  """Conditionals and loops (StableHLO case, if, while) in `fn`'s program."""
+  text = jax.jit(fn).lower(*args).as_text()
+  return len(re.findall(r"stablehlo\.(?:case|if|while)\b", text))
+
+
+@pytest.mark.parametrize("tie_levels", [None, 2])
+def test_flat_layout_has_fixed_passes_and_no_device_loop(tie_levels):
+  """The flat selection's program holds no loop and no branch, and the
+  passes it takes depend on the number of scores only: the same for ties,
+  NaN, k == 0 and k == N. The per-leaf search does loop."""
+  rng = np.random.default_rng(20)
+  leaves = random_tree(rng, tie_levels)
+  leaves[0].flat[:3] = [np.nan, np.inf, -0.0]
+  scores = [jnp.asarray(x) for x in leaves]
+  total = sum(x.size for x in leaves)
+  hint = topk.empty_hint()
+  assert device_branches(lambda s, p: topk.warm_topk_masks(
+      s, p, hint, layout="flat"), scores, 0.5) == 0
+  assert device_branches(lambda s: topk_masks(s, 0.9, layout="flat"),
+                         scores) == 0
+  assert device_branches(lambda s: topk_masks(s, 0.9), scores) > 0
+  # 32 key bits and bit_length(total) position bits, 4 a pass.
+  assert topk.fixed_passes(total) == 8 + -(-total.bit_length() // 4)
+  for sparsity in (0.0, 0.5, 0.99, 0.9999):
+    assert int(topk.selection_passes(scores, sparsity, layout="flat")) == (
+        topk.fixed_passes(total))
+    assert_same_masks(topk_masks(scores, sparsity, layout="flat"),
+                      topk_masks(scores, sparsity))
+
+
+@pytest.mark.long
+def test_flat_layout_on_resnet50_sized_scores():
+  """ResNet-50's 25.5M kernel entries in their shapes (random scores, then
+  a block of ties at the threshold): the fixed-pass selection keeps
+  exactly the entries of the per-leaf search."""
+  from optg_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create("resnet50", num_classes=1000)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))["params"]
+  kernels = [x.shape for x in jax.tree.leaves(shapes) if len(x.shape) >= 2]
+  keys = jax.random.split(jax.random.key(1), len(kernels))
+  scores = [jax.random.normal(k, s) for k, s in zip(keys, kernels)]
+  total = sum(x.size for x in scores)
+  assert total == 25_502_912
+  flat = jax.jit(lambda s: topk_masks(s, 0.9, layout="flat"))(scores)
+  assert count(flat) == topk.num_to_keep(0.9, total)
+  assert_same_masks(flat, jax.jit(lambda s: topk_masks(s, 0.9))(scores))
+  # A whole kernel of zeros across the 50% threshold: the tie cut decides.
+  scores[10] = jnp.zeros_like(scores[10])
+  flat = jax.jit(lambda s: topk_masks(s, 0.5, layout="flat"))(scores)
+  assert 0 < int(jnp.sum(flat[10])) < scores[10].size
+  assert count(flat) == topk.num_to_keep(0.5, total)
+  assert_same_masks(flat, jax.jit(lambda s: topk_masks(s, 0.5))(scores))
