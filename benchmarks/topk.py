@@ -7,8 +7,9 @@ initialised). The scores are distinct (25.5M random normal float32 values
 would hold ties, some of them at the threshold, where a threshold keeps every
 tied score and an exact top-k does not): a random permutation of 25.5M
 consecutive positive float32 numbers, split over the kernels. Both functions
-are jitted and timed in this process, alternating runs; the script prints the
-median of each, their ratio, and whether the masks are identical.
+are jitted and timed in this process, alternating runs, with the fixed-pass
+selection of `layout="flat"` beside them; the script prints the median of
+each, the ratio of the first two, and whether the masks are identical.
 
 Then the warm start: ResNet-50 trains for a few steps on random images
 (batch 8, 64x64: dense for the first half, then a refresh every step at
@@ -161,16 +162,21 @@ def main():
             for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
 
   radix = jax.jit(lambda s: optg.topk_masks(s, args.sparsity))
+  fixed = jax.jit(lambda s: optg.topk_masks(s, args.sparsity, layout="flat"))
   sort = jax.jit(lambda s: sort_threshold_masks(s, args.sparsity))
   got, want = radix(scores), sort(scores)  # Also compiles both.
   identical = all(bool(jnp.array_equal(a, b)) for a, b in zip(got, want))
+  fixed_identical = all(bool(jnp.array_equal(a, b))
+                        for a, b in zip(got, fixed(scores)))
   kept = sum(int(m.sum()) for m in got)
 
-  radix_times, sort_times = [], []
+  radix_times, fixed_times, sort_times = [], [], []
   for _ in range(args.repeats):
     radix_times.append(timed(radix, scores))
+    fixed_times.append(timed(fixed, scores))
     sort_times.append(timed(sort, scores))
   radix_median = statistics.median(radix_times)
+  fixed_median = statistics.median(fixed_times)
   sort_median = statistics.median(sort_times)
 
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
@@ -178,10 +184,15 @@ def main():
         f"sparsity {args.sparsity}: kept {kept:,}")
   print(f"topk_masks (counting passes): {radix_median * 1e3:9.1f} ms (median "
         f"of {args.repeats})")
+  print(f"layout='flat' (fixed passes): {fixed_median * 1e3:9.1f} ms (median "
+        f"of {args.repeats}; {topk.fixed_passes(total)} passes, "
+        f"{int(topk.selection_passes(scores, args.sparsity))} for the "
+        "search above)")
   print(f"sort-based threshold:         {sort_median * 1e3:9.1f} ms (median "
         f"of {args.repeats})")
   print(f"speed-up: {sort_median / radix_median:.1f}x; identical masks: "
-        f"{identical}")
+        f"{identical}; fixed passes identical to the search: "
+        f"{fixed_identical}")
   if args.train_steps:
     warm_start_section(args)
 

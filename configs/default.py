@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.mask_momentum = 0.9  # Momentum of the scores' SGD.
   config.update_every_steps = 0  # Mask refresh period; 0: once an epoch.
   # How a refresh's top-k reads the scores: "leaves" | "flat" (the same masks;
-  # several times faster on a GPU, no faster on a CPU; see the README).
+  # a fixed number of passes, no loop on the device: several times faster on
+  # a GPU, slower on a CPU; see the README).
   config.topk_layout = "leaves"
   # "" (the paper: unstructured) or "N:M", e.g. "2:4": n kept weights in every
   # m consecutive inputs of each kernel, reached gradually; the target is
