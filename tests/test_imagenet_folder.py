@@ -2,10 +2,12 @@
 a tree of real JPEGs made with PIL at ImageNet's sizes, with a CMYK JPEG, a
 greyscale JPEG and a PNG named `.JPEG` as ILSVRC 2012 has; the listing, the
 decoding, both recipes, determinism, resumption, sharding, evaluation, bad
-trees and bad files, and runs through the harness and `launch/train.py`."""
+trees and bad files, and runs through `launch/train.py`. Also
+`benchmarks/input_pipeline.py` with small sizes."""
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -494,3 +496,45 @@ def test_launch_refuses_a_bad_tree_in_one_line_and_writes_nothing(tmp_path):
                    f"{root}/train/c/empty.JPEG; delete or replace them"]
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/input_pipeline.py
+
+
+BENCHMARK = os.path.join(runs.ROOT, "benchmarks", "input_pipeline.py")
+PIPELINES = ["baseline: decode + resize"] + [
+    f"{recipe} {stage}, {source}" for recipe in imagenet.AUGMENTATIONS
+    for stage in ("train", "eval") for source in ("bytes", "folder")]
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_prints_every_row():
+  result = subprocess.run(
+      [sys.executable, BENCHMARK, "--num_images=12", "--batch_size=4",
+       "--image_size=32", "--repeats=1", "--accelerator_rate=1000"],
+      capture_output=True, text=True, timeout=600, env=runs.device_env(1))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "images: 12 generated JPEGs" in out and "batch 4" in out, out
+  assert "1 core: num_parallel_calls=1, private_threadpool_size=1" in out
+  rows = re.findall(r"^  (\S.*?) +([0-9.]+) +([0-9.]+) +([0-9.]+) +"
+                    r"([0-9.]+)$", out, re.M)
+  assert [row[0] for row in rows] == PIPELINES, out
+  for name, one_core, per_cpu_second, all_cores, cores in rows:
+    assert min(map(float, (one_core, per_cpu_second, all_cores))) > 0, name
+    assert float(cores) == pytest.approx(1000 / float(per_cpu_second),
+                                         rel=0.01, abs=0.051), name
+
+
+@pytest.mark.parametrize("flag", ["--num_images=4", "--repeats=0",
+                                  "--quality=101", "--image_size=x"])
+def test_input_pipeline_benchmark_refuses_bad_flags(flag):
+  result = subprocess.run([sys.executable, BENCHMARK, flag],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stdout == ""
+  assert result.stderr.count("\n") == 1, result.stderr
+  assert result.stderr.startswith("input_pipeline.py: error: "), (
+      result.stderr)
+  assert flag.split("=")[0] in result.stderr
