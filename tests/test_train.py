@@ -329,8 +329,8 @@ def test_baselines_and_half_precision_share_the_step(method, half_precision,
   assert report["kept"] < n
 
 
-@pytest.mark.parametrize("parallelism", [
-    "pmap", pytest.param("jit", marks=pytest.mark.long)])
+@pytest.mark.long
+@pytest.mark.parametrize("parallelism", ["pmap", "jit"])
 def test_the_host_chooses_the_refresh_and_the_run_is_the_same(parallelism):
   """The harness compiles its step without the refresh for the steps
   between refreshes (no branch in their program) and with it where due:
