@@ -10,8 +10,9 @@ defaults). It prints, in a few minutes:
    like those of a training run (a steady drift plus noise); a sort-based
    threshold; `jax.lax.top_k` and `jax.lax.approx_max_k` of the
    concatenated scores; ours again with `layout="flat"` (the scores
-   concatenated first, a fixed number of passes). Medians in ms, the passes over the scores each of
-   ours took, and whether all of ours give identical masks.
+   concatenated first, a fixed number of passes). Medians in ms, the
+   passes over the scores each of ours took, and whether all of ours give
+   identical masks.
 2. Training steps of ResNet-50 (batch 256, 224x224, bfloat16 compute on a
    GPU or TPU) on random images: dense SGD, OptG with a refresh once an
    epoch (no refresh in the timed steps; the step compiled without it, as

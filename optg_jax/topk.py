@@ -499,16 +499,22 @@ def _finished(search: _Search, counter: _Counter, k) -> _Search:
                  jnp.ones([], bool), search.passes + 1)
 
 
-def _threshold_search(counter: _Counter, k, hint: Optional[TopKHint]
-                      ) -> _Search:
-  """The exact threshold: counting passes until the bracket is one key."""
+def _full_bracket(counter: _Counter, k) -> _Search:
+  """The search before any pass: every key in the bracket (shaped like
+  `k`, which may vary over a mesh axis)."""
   n = jnp.int32(counter.total)
   search = _Search(lo=jnp.zeros([], jnp.uint32),
                    hi=jnp.full([], _ALL_BITS, jnp.uint32),
                    n_lo=n, n_hi=jnp.zeros([], jnp.int32),
                    mode=jnp.int32(_UNIFORM), found=jnp.zeros([], bool),
                    passes=jnp.zeros([], jnp.int32))
-  search = jax.tree.map(lambda x: x + jnp.zeros_like(k, x.dtype), search)
+  return jax.tree.map(lambda x: x + jnp.zeros_like(k, x.dtype), search)
+
+
+def _threshold_search(counter: _Counter, k, hint: Optional[TopKHint]
+                      ) -> _Search:
+  """The exact threshold: counting passes until the bracket is one key."""
+  search = _full_bracket(counter, k)
 
   if hint is not None:
     def warm(s):
@@ -594,13 +600,7 @@ def _fixed_threshold_search(counter: _Counter, k) -> _Search:
   passes are fixed in number (eight), whatever the scores: no loop decides
   on the device when to stop.
   """
-  n = jnp.int32(counter.total)
-  search = _Search(lo=jnp.zeros([], jnp.uint32),
-                   hi=jnp.full([], _ALL_BITS, jnp.uint32),
-                   n_lo=n, n_hi=jnp.zeros([], jnp.int32),
-                   mode=jnp.int32(_UNIFORM), found=jnp.zeros([], bool),
-                   passes=jnp.zeros([], jnp.int32))
-  search = jax.tree.map(lambda x: x + jnp.zeros_like(k, x.dtype), search)
+  search = _full_bracket(counter, k)
   rest = 32
   for width in _digit_widths(32):
     rest -= width

@@ -39,6 +39,16 @@ EXACT_FIGURES = ("eval_accuracy", "eval_loss", "eval_top5_accuracy",
                  "best_eval_accuracy", "best_eval_step", "evaluations")
 
 
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
 def tiny_config(**overrides):
   """The tiny run as a ConfigDict (for runs inside the test process)."""
   config = quickstart.get_config()

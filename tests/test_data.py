@@ -13,6 +13,7 @@ from optg_jax.data import cifar10
 from optg_jax.data import common
 from optg_jax.data import digits
 from optg_jax.data import imagenet
+import runs
 
 
 def digits_config(**overrides):
@@ -22,16 +23,6 @@ def digits_config(**overrides):
   for key, value in overrides.items():
     config[key] = value
   return config
-
-
-def take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key])
 
 
 # ---------------------------------------------------------------------------
@@ -56,7 +47,7 @@ def test_digits_normalisation():
 def test_train_batches_shapes_and_epoch_is_a_permutation():
   config = digits_config()
   steps = data.steps_per_epoch(config)
-  batches = take(data.train_iterator(config, local_device_count=4), steps)
+  batches = runs.take(data.train_iterator(config, local_device_count=4), steps)
   for b in batches:
     assert b["image"].shape == (4, 8, 8, 8, 1)
     assert b["image"].dtype == np.float32
@@ -71,12 +62,12 @@ def test_train_batches_shapes_and_epoch_is_a_permutation():
 def test_train_iterator_is_deterministic_and_reshuffles_each_epoch():
   config = digits_config()
   steps = data.steps_per_epoch(config)
-  a = take(data.train_iterator(config, local_device_count=2), steps + 1)
-  b = take(data.train_iterator(config, local_device_count=2), steps + 1)
+  a = runs.take(data.train_iterator(config, local_device_count=2), steps + 1)
+  b = runs.take(data.train_iterator(config, local_device_count=2), steps + 1)
   for x, y in zip(a, b):
-    assert_batches_equal(x, y)
+    runs.assert_batches_equal(x, y)
   assert not np.array_equal(a[0]["label"], a[steps]["label"])
-  other_seed = take(data.train_iterator(digits_config(seed=1),
+  other_seed = runs.take(data.train_iterator(digits_config(seed=1),
                                         local_device_count=2), 1)[0]
   assert not np.array_equal(a[0]["label"], other_seed["label"])
 
@@ -84,19 +75,20 @@ def test_train_iterator_is_deterministic_and_reshuffles_each_epoch():
 @pytest.mark.parametrize("start_step", [1, 17, 46, 47, 100])
 def test_train_iterator_resumes_at_any_step(start_step):
   config = digits_config()
-  full = take(data.train_iterator(config, local_device_count=2),
+  full = runs.take(data.train_iterator(config, local_device_count=2),
               start_step + 3)
-  resumed = take(data.train_iterator(config, start_step=start_step,
+  resumed = runs.take(data.train_iterator(config, start_step=start_step,
                                      local_device_count=2), 3)
   for x, y in zip(full[start_step:], resumed):
-    assert_batches_equal(x, y)
+    runs.assert_batches_equal(x, y)
 
 
 def test_processes_share_each_global_batch():
   config = digits_config()
-  whole = take(data.train_iterator(config, local_device_count=4), 3)
-  parts = [take(data.train_iterator(config, process_index=p, process_count=2,
-                                    local_device_count=2), 3)
+  whole = runs.take(data.train_iterator(config, local_device_count=4), 3)
+  parts = [runs.take(data.train_iterator(config, process_index=p,
+                                         process_count=2,
+                                         local_device_count=2), 3)
            for p in range(2)]
   for step in range(3):
     joined = np.concatenate([parts[p][step]["image"].reshape(16, 8, 8, 1)
@@ -142,13 +134,13 @@ def test_fake_data_shapes_and_resumption():
   config.eval_batch_size = 8
   info = data.dataset_info(config)
   assert info == data.DatasetInfo("fake", 7, (16, 16, 3), 512, 20)
-  batches = take(data.train_iterator(config, local_device_count=2), 6)
+  batches = runs.take(data.train_iterator(config, local_device_count=2), 6)
   assert batches[0]["image"].shape == (2, 4, 16, 16, 3)
   assert batches[0]["label"].max() < 7
-  resumed = take(data.train_iterator(config, start_step=3,
+  resumed = runs.take(data.train_iterator(config, start_step=3,
                                      local_device_count=2), 3)
   for x, y in zip(batches[3:], resumed):
-    assert_batches_equal(x, y)
+    runs.assert_batches_equal(x, y)
   evals = list(data.eval_iterator(config, local_device_count=2))
   assert len(evals) == 3 and sum(b["mask"].sum() for b in evals) == 20
 
@@ -202,12 +194,12 @@ def test_cifar10_pipeline_on_generated_split(monkeypatch):
   config = cifar10_config.get_config()
   config.batch_size = 8
   config.eval_batch_size = 4
-  batches = take(data.train_iterator(config, local_device_count=2), 7)
+  batches = runs.take(data.train_iterator(config, local_device_count=2), 7)
   assert batches[0]["image"].shape == (2, 4, 32, 32, 3)
-  resumed = take(data.train_iterator(config, start_step=4,
+  resumed = runs.take(data.train_iterator(config, start_step=4,
                                      local_device_count=2), 3)
   for x, y in zip(batches[4:], resumed):
-    assert_batches_equal(x, y)
+    runs.assert_batches_equal(x, y)
   evals = list(data.eval_iterator(config, local_device_count=2))
   assert len(evals) == 3
   images = np.concatenate([b["image"].reshape(-1, 32, 32, 3) for b in evals])
@@ -281,12 +273,12 @@ def test_imagenet_pipeline_resumes_inside_an_epoch(monkeypatch):
   config.shuffle_buffer_size = 8
   assert data.dataset_info(config) == data.DatasetInfo(
       "imagenet2012", 1000, (32, 32, 3), 24, 6)
-  batches = take(data.train_iterator(config, local_device_count=2), 8)
+  batches = runs.take(data.train_iterator(config, local_device_count=2), 8)
   assert batches[0]["image"].shape == (2, 2, 32, 32, 3)
-  resumed = take(data.train_iterator(config, start_step=3,
+  resumed = runs.take(data.train_iterator(config, start_step=3,
                                      local_device_count=2), 5)
   for x, y in zip(batches[3:], resumed):
-    assert_batches_equal(x, y)
+    runs.assert_batches_equal(x, y)
   # The first epoch (6 steps) covers 24 distinct labels.
   labels = np.concatenate([b["label"].reshape(-1) for b in batches[:6]])
   assert sorted(labels) == list(range(24))

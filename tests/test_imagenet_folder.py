@@ -140,16 +140,6 @@ def folder_config(root, **overrides):
   return config
 
 
-def take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key])
-
-
 # ---------------------------------------------------------------------------
 # Listing and decoding.
 
@@ -238,7 +228,7 @@ def test_pipelines_of_both_recipes(photo_tree, augmentation):
 def test_training_is_deterministic_resumable_and_reshuffled(flat_tree):
   config = folder_config(flat_tree)
   assert data.steps_per_epoch(config) == 5  # 21 // 4
-  batches = take(data.train_iterator(config, local_device_count=2), 12)
+  batches = runs.take(data.train_iterator(config, local_device_count=2), 12)
   ids = [flat_ids(b["image"]) for b in batches]
   train_ids = expected_flat_ids("train")
   labels = {i: train_ids.index(i) // FLAT_TRAIN for i in train_ids}
@@ -249,16 +239,16 @@ def test_training_is_deterministic_resumable_and_reshuffled(flat_tree):
     assert len(set(epoch)) == 20 and set(epoch) <= set(train_ids)
   assert epochs[0] != epochs[1]
   for start_step in (3, 5, 9):
-    resumed = take(data.train_iterator(config, start_step=start_step,
+    resumed = runs.take(data.train_iterator(config, start_step=start_step,
                                        local_device_count=2),
                    12 - start_step)
     for x, y in zip(batches[start_step:], resumed):
-      assert_batches_equal(x, y)
-  again = take(data.train_iterator(config, local_device_count=1), 12)
+      runs.assert_batches_equal(x, y)
+  again = runs.take(data.train_iterator(config, local_device_count=1), 12)
   for x, y in zip(batches, again):
     np.testing.assert_array_equal(x["image"].reshape(y["image"].shape),
                                   y["image"])
-  other_seed = take(data.train_iterator(folder_config(flat_tree, seed=1),
+  other_seed = runs.take(data.train_iterator(folder_config(flat_tree, seed=1),
                                         local_device_count=2), 5)
   assert sum([flat_ids(b["image"]) for b in other_seed], []) != epochs[0]
 
@@ -270,7 +260,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(flat_tree):
   for process in range(2):
     start, end = common.shard_bounds(21, process, 2)
     shard = set(train_ids[start:end])
-    batches = take(data.train_iterator(config, process_index=process,
+    batches = runs.take(data.train_iterator(config, process_index=process,
                                        process_count=2,
                                        local_device_count=1), 10)
     assert batches[0]["image"].shape == (1, 2, 32, 32, 3)
@@ -416,8 +406,8 @@ def test_a_file_that_cannot_be_decoded_stands_as_a_blank_image(
   good, bad = folder_config(flat_tree), folder_config(root)
   assert data.dataset_info(bad)[1:] == (3, (32, 32, 3), 21, 9)
   before = len(imagenet_folder.decode_failures())
-  expected = take(data.train_iterator(good, local_device_count=2), 10)
-  batches = take(data.train_iterator(bad, local_device_count=2), 10)
+  expected = runs.take(data.train_iterator(good, local_device_count=2), 10)
+  batches = runs.take(data.train_iterator(bad, local_device_count=2), 10)
   blank_id = expected_flat_ids("train")[FLAT_TRAIN + 3]
   blanks = 0
   occurrences = sum(flat_ids(x["image"]).count(blank_id) for x in expected)
@@ -438,10 +428,10 @@ def test_a_file_that_cannot_be_decoded_stands_as_a_blank_image(
   step = next(i for i, x in enumerate(expected)
               if blank_id in flat_ids(x["image"]))
   for start_step in (step, step + 1):
-    resumed = take(data.train_iterator(bad, start_step=start_step,
+    resumed = runs.take(data.train_iterator(bad, start_step=start_step,
                                        local_device_count=2), 10 - start_step)
     for x, y in zip(batches[start_step:], resumed):
-      assert_batches_equal(x, y)
+      runs.assert_batches_equal(x, y)
   evals = list(data.eval_iterator(bad, local_device_count=2))
   images = np.concatenate([b["image"].reshape(-1, 32, 32, 3) for b in evals])
   mask = np.concatenate([b["mask"].reshape(-1) for b in evals])

@@ -86,7 +86,8 @@ def test_all_equal_leaves_break_ties_by_position(layout):
 @pytest.mark.parametrize("layout", topk.LAYOUTS)
 def test_negative_zero_and_infinities_order(layout):
   scores = [jnp.array([-0.0, 0.0, -jnp.inf, jnp.inf, -1.0, 1.0, -0.0])]
-  masks = topk_masks(scores, 3 / 7, layout=layout)  # keep 4: inf, 1, then zeros by position
+  # Keep 4: inf, 1, then zeros by position.
+  masks = topk_masks(scores, 3 / 7, layout=layout)
   np.testing.assert_array_equal(np.asarray(masks[0]),
                                 [True, True, False, True, False, True, False])
 
