@@ -1,5 +1,6 @@
 """Tests of the transform, masks and reports on Flax NNX state."""
 
+import functools
 import re
 
 from flax import linen as nn
@@ -222,3 +223,38 @@ def test_update_on_variable_state_keeps_wrappers():
   for name, value in by_name(pure_state.masks).items():
     np.testing.assert_array_equal(by_name(state.masks)[name], value)
   assert optg.sparsity_report(state.masks)["kept"] == 436
+
+
+@functools.partial(nnx.jit, static_argnames="refresh")
+def nnx_step_refreshing(model, optimizer, x, y, refresh):
+  dense = nnx.as_pure(nnx.state(model, nnx.Param))
+  masks = optg.get_masks(optimizer.opt_state)
+  nnx.update(model, optg.apply_masks(dense, masks))
+  loss, grads = nnx.value_and_grad(lambda m: xent(m(x), y))(model)
+  nnx.update(model, dense)
+  optimizer.update(model, grads, refresh=refresh)
+  return loss
+
+
+def test_nnx_optimizer_hands_the_host_chosen_refresh_on():
+  """`nnx.Optimizer.update(model, grads, refresh=...)` reaches the
+  transform: the run is the one whose refresh the device decides."""
+  where = lambda path, leaf: path.endswith("kernel")
+  host_model, device_model = NnxCNN(nnx.Rngs(0)), NnxCNN(nnx.Rngs(0))
+  host = nnx.Optimizer(host_model, make_tx(where), wrt=nnx.Param)
+  device = nnx.Optimizer(device_model, make_tx(where), wrt=nnx.Param)
+  for step in range(6):
+    x, y = batch(step)
+    nnx_step_refreshing(host_model, host, x, y,
+                        refresh=optg.refresh_due(step, 2))
+    nnx_step(device_model, device, x, y)
+  for got, want in ((host.opt_state, device.opt_state),
+                    (nnx.state(host_model, nnx.Param),
+                     nnx.state(device_model, nnx.Param))):
+    got, want = by_name(got), by_name(want)
+    assert set(got) == set(want)
+    for name in got:
+      np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  kept = sum(int(m.sum()) for m in by_name(
+      optg.get_masks(host.opt_state)).values())
+  assert kept == 3 * 3 * 3 * 8 + 3 * 3 * 8 * 8 + 8 * 10 - 436
