@@ -14,6 +14,7 @@ import runs
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long
 def test_accelerator_benchmark_runs_on_the_cpu_and_prints_its_figures():
   result = subprocess.run(
       [sys.executable, os.path.join(runs.ROOT, "benchmarks", "accelerator.py"),

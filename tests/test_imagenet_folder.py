@@ -452,7 +452,7 @@ def launch_command(root, workdir, *overrides):
           f"--workdir={workdir}", *overrides]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_launch_trains_and_evaluates_from_a_tree(photo_tree, tmp_path):
   """The ImageNet config from the tree, shrunk: ResNet-20 at 32x32."""
   workdir = tmp_path / "run"
@@ -498,7 +498,7 @@ PIPELINES = ["baseline: decode + resize"] + [
     for stage in ("train", "eval") for source in ("bytes", "folder")]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_input_pipeline_benchmark_prints_every_row():
   result = subprocess.run(
       [sys.executable, BENCHMARK, "--num_images=12", "--batch_size=4",
