@@ -2,12 +2,18 @@
 
 import setuptools
 
+# `import optg_jax`: the transform, top-k, schedules, masks, reports, exports.
 INSTALL_REQUIRES = [
     "jax>=0.4.30",
     "jaxlib>=0.4.30",
     "numpy>=1.24",
-    "flax>=0.8.5",
     "optax>=0.2.2",
+]
+
+# The models, input pipelines, training harness and study tools
+# (`optg_jax.models`, `.data`, `.harness`, `.studies`, `.train`, `launch/`).
+TRAIN_REQUIRE = [
+    "flax>=0.8.5",
     "orbax-checkpoint>=0.5.20",
     "ml-collections>=0.1.1",
     "clu>=0.0.10",
@@ -19,7 +25,10 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",  # The study command's plots.
 ]
 
-TESTS_REQUIRE = ["pytest>=7"]
+TESTS_REQUIRE = TRAIN_REQUIRE + ["pytest>=7"]
+
+# The documentation site (`docs/`, Sphinx with MyST).
+DOCS_REQUIRE = ["sphinx>=7", "myst-parser>=2", "furo>=2023.9.10"]
 
 setuptools.setup(
     name="optg_jax",
@@ -31,6 +40,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["optg_jax", "optg_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TESTS_REQUIRE},
+    extras_require={"train": TRAIN_REQUIRE, "test": TESTS_REQUIRE,
+                    "docs": DOCS_REQUIRE},
     license="Apache-2.0",
 )

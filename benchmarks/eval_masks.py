@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from configs import quickstart
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 from optg_jax import data
 from optg_jax import train
 

@@ -5,7 +5,8 @@
 
 Trains the configured run in this process on one device, with the harness's
 model, data, schedules and optax chain (`optg_jax.train`), and at every
-refresh records per layer (`optg_jax.diagnostics.refresh_stats`): pruned and
+refresh records per layer
+(`optg_jax.studies.diagnostics.refresh_stats`): pruned and
 regrown weights with their magnitudes, dead output units, score quantiles,
 the signal-to-noise ratio of `G * W` accumulated since the last refresh, the
 train accuracy before the refresh, and two eval accuracies: of the masks the
@@ -134,7 +135,7 @@ def _fail(message, code=2):
 
 
 def _write(path, text):
-  from optg_jax import files  # pylint: disable=g-import-not-at-top
+  from optg_jax.harness import files  # pylint: disable=g-import-not-at-top
   try:
     files.write_atomically(path, text)
   except OSError as e:
@@ -144,14 +145,15 @@ def _write(path, text):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from optg_jax import console  # pylint: disable=g-import-not-at-top
+  from optg_jax.harness import console  # pylint: disable=g-import-not-at-top
   _check_flags()
   console.import_tensorflow(console.quiet())
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optg_jax as optg  # pylint: disable=g-import-not-at-top
   from optg_jax import data  # pylint: disable=g-import-not-at-top
-  from optg_jax import diagnostics  # pylint: disable=g-import-not-at-top
+  from optg_jax.studies import diagnostics
+
   from optg_jax import train  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config

@@ -39,9 +39,9 @@ from absl import flags
 import jax  # pylint: disable=g-import-not-at-top
 
 import optg_jax as optg  # pylint: disable=g-import-not-at-top
-from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
-from optg_jax import console  # pylint: disable=g-import-not-at-top
-from optg_jax import errors  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import checkpoints  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import console  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import errors  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The workdir of a run of "

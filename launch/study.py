@@ -9,7 +9,7 @@ same command again reads finished runs back and resumes interrupted ones.
 Writes `DIR/results.csv`, `DIR/results.md` and PNG plots in `DIR`. With
 `--doc=docs/RESULTS.md --section=NAME` the tables also replace the section
 `<!-- study:NAME -->` of that document and the plots are copied beside it
-as `img/NAME_*.png`. See `optg_jax/study.py` for the method names
+as `img/NAME_*.png`. See `optg_jax/studies/study.py` for the method names
 (`optg+every1`, `optg+floor1`, ...) and the rules of a study workdir (one
 base config, one study at a time, a canonical grid).
 
@@ -35,8 +35,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
-from optg_jax import console  # pylint: disable=g-import-not-at-top
-from optg_jax import study  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import console  # pylint: disable=g-import-not-at-top
+from optg_jax.studies import study  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base training config.",

@@ -28,7 +28,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from optg_jax import console  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import console  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -68,7 +68,7 @@ def main(argv):
     logging.get_absl_handler().setLevel(std_logging.WARNING)
 
   from optg_jax import data  # pylint: disable=g-import-not-at-top
-  from optg_jax import errors  # pylint: disable=g-import-not-at-top
+  from optg_jax.harness import errors  # pylint: disable=g-import-not-at-top
   from optg_jax import train  # pylint: disable=g-import-not-at-top
 
   logging.info("JAX process %d of %d, local devices %s", jax.process_index(),
@@ -77,7 +77,8 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.ConfigError, data.DatasetError, errors.NonFiniteError,
           errors.CheckpointError, errors.WorkdirError) as e:
-    # One line and the exit code of the README's table (optg_jax.errors).
+    # One line and the exit code of the README's table
+    # (optg_jax.harness.errors).
     print(f"error: {e}", file=sys.stderr)
     sys.exit(errors.exit_code(e))
   except train.Preempted as e:

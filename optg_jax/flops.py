@@ -22,6 +22,10 @@ does not give (`nn.ConvTranspose`, `nn.ConvLocal`, `nn.DenseGeneral`,
 `nn.Einsum`) raise `NotImplementedError` rather than go uncounted.
 """
 
+from optg_jax import extras
+
+extras.require(extras.FLAX, "optg_jax.flops")
+
 import inspect
 import math
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple

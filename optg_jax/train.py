@@ -15,14 +15,14 @@ This module gathers the harness's public names; the code lives in
 """
 
 # pylint: disable=unused-import
-from optg_jax.checkpoints import checkpoint_manager
-from optg_jax.checkpoints import restore_latest
-from optg_jax.errors import CheckpointError
-from optg_jax.errors import ConfigChanged
-from optg_jax.errors import ConfigError
-from optg_jax.errors import NonFiniteError
-from optg_jax.errors import WorkdirBusy
-from optg_jax.errors import WorkdirError
+from optg_jax.harness.checkpoints import checkpoint_manager
+from optg_jax.harness.checkpoints import restore_latest
+from optg_jax.harness.errors import CheckpointError
+from optg_jax.harness.errors import ConfigChanged
+from optg_jax.harness.errors import ConfigError
+from optg_jax.harness.errors import NonFiniteError
+from optg_jax.harness.errors import WorkdirBusy
+from optg_jax.harness.errors import WorkdirError
 from optg_jax.harness.config import check_target
 from optg_jax.harness.config import LR_SCHEDULES
 from optg_jax.harness.config import METHODS
@@ -56,8 +56,8 @@ from optg_jax.harness.steps import train_step
 from optg_jax.harness.summary import collapse_findings
 from optg_jax.harness.summary import EVAL_SUMMARY
 from optg_jax.harness.summary import SUMMARY
-from optg_jax.preemption import Preempted
-from optg_jax.preemption import SigtermFlag
+from optg_jax.harness.preemption import Preempted
+from optg_jax.harness.preemption import SigtermFlag
 
 
 def replicate(tree):

@@ -10,7 +10,7 @@ import sys
 import orbax.checkpoint as ocp
 import pytest
 
-from optg_jax import console
+from optg_jax.harness import console
 from optg_jax import train
 import runs
 

@@ -1,4 +1,4 @@
-"""Refresh statistics (optg_jax/diagnostics.py) and launch/diagnose.py."""
+"""Refresh statistics (optg_jax/studies/diagnostics.py), launch/diagnose.py."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from optg_jax import diagnostics
+from optg_jax.studies import diagnostics
 import runs
 
 

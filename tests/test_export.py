@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import optg_jax as optg
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 from optg_jax import export
 from optg_jax import models
 from optg_jax import nm

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 from optg_jax import train
 import runs
 

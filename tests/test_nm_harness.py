@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from optg_jax import study
+from optg_jax.studies import study
 from optg_jax import train
 import runs
 

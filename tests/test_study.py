@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from optg_jax import study
+from optg_jax.studies import study
 from optg_jax import train
 import idx_files
 import runs
@@ -85,7 +85,7 @@ def test_the_grid_is_canonical():
 
 
 def _fake_summary(config, directory, accuracy=0.5, steps=10):
-  from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from optg_jax.harness import checkpoints
   os.makedirs(directory, exist_ok=True)
   checkpoints.write_config_record(directory, config)
   summary = {"eval_accuracy": accuracy, "sparsity": config.sparsity,

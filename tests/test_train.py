@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import optg_jax as optg
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 from optg_jax import data
 from optg_jax import train
 import runs

@@ -21,9 +21,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import optg_jax as optg
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 from optg_jax import data
-from optg_jax import errors
+from optg_jax.harness import errors
 from optg_jax import train
 import runs
 
@@ -402,7 +402,7 @@ def tmpfs(path, options):
 FULL_DISK_SCRIPT = """
 import errno, os, runpy, sys
 sys.path.insert(0, {root!r})
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 saves = []
 original = checkpoints.save
 def save(manager, state, *args):

@@ -38,6 +38,10 @@ stream goes on unchanged (see `imagenet_folder`).
 This package imports TensorFlow; `import optg_jax` does not import it.
 """
 
+from optg_jax import extras
+
+extras.require(extras.HARNESS, "optg_jax.data")
+
 from typing import Dict, Iterator
 
 from absl import logging

@@ -9,8 +9,20 @@
   summary     collapse findings, the sparse model's figures, output files
   loop        `train_and_evaluate`: the loop, read top to bottom
 
-Checkpoints, the workdir's lock, the console and preemption are modules of
-the package beside it (`optg_jax.checkpoints`, `optg_jax.workdir`,
-`optg_jax.console`, `optg_jax.preemption`); `optg_jax.train` gathers the
-names a user of the harness needs.
+and its plumbing:
+
+  checkpoints orbax checkpoints: save, verify, restore, set damage aside
+  workdir     the run directory's lock and its records
+  preemption  SIGTERM agreed over the processes, then a checkpoint
+  multihost   what the processes agree on (one value, all or none)
+  console     the progress lines and the one-line errors
+  errors      the errors a run ends with, each with its exit code
+  files       writes that leave a whole file or none
+
+`optg_jax.train` gathers the names a user of the harness needs. Needs the
+`train` extra (`pip install 'optg_jax[train]'`).
 """
+
+from optg_jax import extras
+
+extras.require(extras.HARNESS, "optg_jax.harness")

@@ -17,7 +17,7 @@ from optg_jax import models
 from optg_jax import nm
 from optg_jax import schedules
 from optg_jax import topk
-from optg_jax.errors import ConfigError
+from optg_jax.harness.errors import ConfigError
 
 METHODS = ("optg", "magnitude", "taylor", "dense")
 LR_SCHEDULES = ("epochwise_cosine", "warmup_cosine")

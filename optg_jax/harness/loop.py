@@ -21,14 +21,14 @@ import ml_collections
 import numpy as np
 
 import optg_jax as optg
-from optg_jax import checkpoints
-from optg_jax import console
+from optg_jax.harness import checkpoints
+from optg_jax.harness import console
 from optg_jax import data
-from optg_jax.checkpoints import checkpoint_manager
-from optg_jax.checkpoints import restore_latest
-from optg_jax.errors import ConfigError
-from optg_jax.errors import NonFiniteError
-from optg_jax.errors import WorkdirError
+from optg_jax.harness.checkpoints import checkpoint_manager
+from optg_jax.harness.checkpoints import restore_latest
+from optg_jax.harness.errors import ConfigError
+from optg_jax.harness.errors import NonFiniteError
+from optg_jax.harness.errors import WorkdirError
 from optg_jax.harness.evaluation import EvalHistory
 from optg_jax.harness.evaluation import evaluate
 from optg_jax.harness.run import Run
@@ -37,9 +37,9 @@ from optg_jax.harness.summary import EVAL_SUMMARY
 from optg_jax.harness.summary import model_layers
 from optg_jax.harness.summary import run_summary
 from optg_jax.harness.summary import write_outputs
-from optg_jax.preemption import Preempted
-from optg_jax.preemption import SigtermFlag
-from optg_jax.workdir import Workdir
+from optg_jax.harness.preemption import Preempted
+from optg_jax.harness.preemption import SigtermFlag
+from optg_jax.harness.workdir import Workdir
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

@@ -25,7 +25,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from optg_jax import checkpoints
+from optg_jax.harness import checkpoints
 
 
 class Pmap:

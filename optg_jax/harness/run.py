@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optg_jax as optg
 from optg_jax import data
 from optg_jax import nm
-from optg_jax.errors import ConfigError
+from optg_jax.harness.errors import ConfigError
 from optg_jax.harness import parallel
 from optg_jax.harness.config import check_target
 from optg_jax.harness.config import structure_of

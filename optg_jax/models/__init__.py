@@ -20,6 +20,10 @@ ResNets, VGG and MobileNets also take `head_bias`, and the ResNets
 `zero_init_residual`.
 """
 
+from optg_jax import extras
+
+extras.require(extras.FLAX, "optg_jax.models")
+
 import dataclasses
 from typing import Any, Callable, Dict, List, Tuple
 

@@ -10,7 +10,7 @@ import numpy as np
 PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_macs.png",
          "accuracy_vs_refresh_period.png", "layer_sparsity.png",
          "schedules.png")
-# The modifiers that set a method's refresh period (`optg_jax.study`).
+# The modifiers that set a method's refresh period (`optg_jax.studies.study`).
 _PERIOD_MODIFIER = re.compile(r"every\d+|epoch")
 EXIT_BAD_INPUT, EXIT_IO = 2, 4
 

@@ -12,7 +12,7 @@ import threading
 from absl import logging
 import jax
 
-from optg_jax import multihost
+from optg_jax.harness import multihost
 
 
 class Preempted(Exception):

@@ -54,19 +54,19 @@ import time
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
-from optg_jax import files
+from optg_jax.harness import files
 # The tables, plots and document sections of a study's results.
-from optg_jax.study_report import aggregate  # pylint: disable=unused-import
-from optg_jax.study_report import by_refresh_period  # pylint: disable=unused-import
-from optg_jax.study_report import EXIT_BAD_INPUT  # pylint: disable=unused-import
-from optg_jax.study_report import EXIT_IO
-from optg_jax.study_report import check_section  # pylint: disable=unused-import
-from optg_jax.study_report import markdown  # pylint: disable=unused-import
-from optg_jax.study_report import plot  # pylint: disable=unused-import
-from optg_jax.study_report import period_family  # pylint: disable=unused-import
-from optg_jax.study_report import PLOTS  # pylint: disable=unused-import
-from optg_jax.study_report import replace_section  # pylint: disable=unused-import
-from optg_jax.study_report import StudyError
+from optg_jax.studies.report import aggregate  # noqa
+from optg_jax.studies.report import by_refresh_period  # noqa
+from optg_jax.studies.report import EXIT_BAD_INPUT  # noqa
+from optg_jax.studies.report import EXIT_IO
+from optg_jax.studies.report import check_section  # noqa
+from optg_jax.studies.report import markdown  # noqa
+from optg_jax.studies.report import plot  # noqa
+from optg_jax.studies.report import period_family  # noqa
+from optg_jax.studies.report import PLOTS  # noqa
+from optg_jax.studies.report import replace_section  # noqa
+from optg_jax.studies.report import StudyError
 
 BASE_METHODS = ("optg", "magnitude", "taylor", "dense")
 RESULT_FIELDS = ("method", "sparsity", "seed", "refresh_period",
@@ -217,7 +217,7 @@ def plan(methods: Sequence[str], sparsities: Sequence[float],
 
 def _check_distinct_methods(base_config, methods: Sequence[str]) -> None:
   """Refuses two methods whose runs have the same config."""
-  from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from optg_jax.harness import checkpoints
   seen = {}
   for method in methods:
     sparsity = structure_sparsity(method) or 0.5
@@ -288,7 +288,7 @@ def _summary_or_aside(directory: str, progress) -> Optional[Dict[str, Any]]:
 
 def _recorded_config_is(directory: str, config) -> bool:
   """Whether the run's `config.json` records `config`'s trajectory."""
-  from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from optg_jax.harness import checkpoints
   try:
     with open(os.path.join(directory, checkpoints.CONFIG_FILE)) as f:
       recorded = json.load(f)
@@ -446,7 +446,7 @@ class StudyWorkdir:
     self._fd = None
 
   def __enter__(self):
-    from optg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    from optg_jax.harness import checkpoints
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise StudyError(f"--workdir {self.path} is a file, not a directory")
     created = not os.path.exists(self.path)

@@ -8,7 +8,7 @@
   ones are moved to `WORKDIR/corrupted_checkpoints/` once a good one loads.
 - `WORKDIR/config.json` records the run's configuration; a restart may not
   change it but for bookkeeping fields. The workdir's lock is
-  `optg_jax.workdir.Workdir`.
+  `optg_jax.harness.workdir.Workdir`.
 """
 
 import collections
@@ -30,11 +30,11 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from optg_jax.errors import CheckpointError
-from optg_jax.errors import ConfigChanged
-from optg_jax.errors import ConfigError
-from optg_jax.errors import OldCheckpoint
-from optg_jax.errors import WorkdirError
+from optg_jax.harness.errors import CheckpointError
+from optg_jax.harness.errors import ConfigChanged
+from optg_jax.harness.errors import ConfigError
+from optg_jax.harness.errors import OldCheckpoint
+from optg_jax.harness.errors import WorkdirError
 from optg_jax import topk
 from optg_jax.transform import OptGState
 

@@ -17,14 +17,14 @@ import socket
 
 import jax
 
-from optg_jax import multihost
-from optg_jax.checkpoints import LOCK_FILE
-from optg_jax.checkpoints import check_config_record
-from optg_jax.checkpoints import describe_os_error
-from optg_jax.checkpoints import write_config_record
-from optg_jax.errors import ConfigError
-from optg_jax.errors import WorkdirBusy
-from optg_jax.errors import WorkdirError
+from optg_jax.harness import multihost
+from optg_jax.harness.checkpoints import LOCK_FILE
+from optg_jax.harness.checkpoints import check_config_record
+from optg_jax.harness.checkpoints import describe_os_error
+from optg_jax.harness.checkpoints import write_config_record
+from optg_jax.harness.errors import ConfigError
+from optg_jax.harness.errors import WorkdirBusy
+from optg_jax.harness.errors import WorkdirError
 
 
 class Workdir:
