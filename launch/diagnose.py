@@ -1,4 +1,4 @@
-"""Records what every mask refresh of a run does: the collapse diagnosis.
+r"""Records what every mask refresh of a run does: the collapse diagnosis.
 
   python launch/diagnose.py --config=configs/quickstart.py \
       --config.sparsity=0.99 --output=DIR
@@ -147,7 +147,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   from optg_jax.harness import console  # pylint: disable=g-import-not-at-top
   _check_flags()
-  console.import_tensorflow(console.quiet())
+  console.import_tensorflow(console.set_up())
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optg_jax as optg  # pylint: disable=g-import-not-at-top
@@ -262,4 +262,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from optg_jax.harness import console as _console  # pylint: disable=all
+  _console.run_main(main, __doc__)

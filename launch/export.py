@@ -223,7 +223,7 @@ def main(argv):
   # The report is on stdout. INFO lines (orbax's restore, the checkpoint's
   # verification), the libraries' warnings and TensorFlow's native lines:
   # with --verbosity=1.
-  verbose = console.quiet(warnings_only=True)
+  verbose = console.set_up(warnings_only=True)
   try:
     figures = export_run(FLAGS.workdir, FLAGS.output, FLAGS.structure,
                          verbose, overwrite=FLAGS.overwrite,
@@ -243,4 +243,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_main(main, __doc__)

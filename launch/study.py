@@ -1,4 +1,4 @@
-"""Runs a study: methods x sparsities x seeds, then tables and plots.
+r"""Runs a study: methods x sparsities x seeds, then tables and plots.
 
   python launch/study.py --config=configs/fashion_mnist.py \
       --methods=optg,magnitude,dense --sparsities=0.9,0.95,0.98,0.99 \
@@ -248,7 +248,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   # A line per run, and a run's progress at most every 30 s.
-  verbose = console.quiet(progress_only=30.0)
+  verbose = console.set_up(progress_only=30.0)
   try:
     code = _study(verbose)
   except study.StudyError as e:
@@ -262,4 +262,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_main(main, __doc__)

@@ -1,4 +1,4 @@
-"""Trains a sparse network with OptG: the command-line entry point.
+r"""Trains a sparse network with OptG: the command-line entry point.
 
   python launch/train.py --config=configs/imagenet.py --workdir=DIR \
       [--config.sparsity=0.95] [--config.data_dir=TFDS_DIR]
@@ -16,6 +16,7 @@ metric writer, JAX, TensorFlow) in absl's format, `--verbosity=2` their
 DEBUG logs too.
 """
 
+import ast
 import logging as std_logging
 import os
 import sys
@@ -43,13 +44,27 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
                   "with no arguments (TPU pods, SLURM and other clusters it "
                   "detects by itself).")
 flags.mark_flags_as_required(["config", "workdir"])
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "configs")
+
+
+def configs_help() -> str:
+  """The recipes in configs/, each with the first line of its docstring."""
+  lines = ["Configs (--config=configs/NAME.py, then --config.FIELD=VALUE):"]
+  for name in sorted(os.listdir(CONFIGS)):
+    if not name.endswith(".py") or name.startswith("_"):
+      continue
+    with open(os.path.join(CONFIGS, name)) as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+    lines.append(f"  {name:26s}{doc.splitlines()[0] if doc else ''}")
+  return "\n".join(lines)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
 
-  verbose = console.quiet()
+  verbose = console.set_up()
   # TensorFlow only feeds the input pipeline: keep it off the accelerators.
   console.import_tensorflow(verbose)
 
@@ -87,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_main(main, __doc__, configs_help())

@@ -136,3 +136,19 @@ def test_verbosity_1_brings_the_library_logs_back(reference_console,
   assert any("Evaluation (eval_only) at step 69" in line for line in lines)
   assert (workdir / "eval_summary.json").exists()
   assert not (workdir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("tool", ["train", "study", "export", "diagnose"])
+def test_help_exits_0_with_the_tools_usage(tool):
+  result = subprocess.run(
+      [sys.executable, os.path.join(runs.ROOT, "launch", f"{tool}.py"),
+       "--help"], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert out.startswith(f"  python launch/{tool}.py", out.index("\n\n") + 2)
+  assert "\nFlags:\n" in out and f"launch/{tool}.py:\n" in out
+  if tool == "train":
+    listed = re.findall(r"^  (\w+\.py) ", out, re.M)
+    configs = sorted(f for f in os.listdir(os.path.join(runs.ROOT, "configs"))
+                     if f.endswith(".py") and not f.startswith("_"))
+    assert listed == configs

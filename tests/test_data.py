@@ -1,6 +1,8 @@
 """Tests of the input pipelines (optg_jax/data): shapes, normalisation,
 determinism, resumption at any step, process sharding, eval padding, errors."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -290,7 +292,8 @@ def test_imagenet_pipeline_resumes_inside_an_epoch(monkeypatch):
 # Errors.
 
 
-def test_unprepared_tfds_dataset_is_one_clear_line(tmp_path):
+def test_unprepared_tfds_dataset_is_one_clear_line(tmp_path, caplog):
+  caplog.set_level(logging.DEBUG)
   config = cifar10_config.get_config()
   config.data_dir = str(tmp_path)
   with pytest.raises(data.DatasetError) as err:
@@ -304,6 +307,10 @@ def test_unprepared_tfds_dataset_is_one_clear_line(tmp_path):
   with pytest.raises(data.DatasetError, match="downloads/manual"):
     data.dataset_info(config)
   assert not list(tmp_path.iterdir())  # Nothing was downloaded or written.
+  # No TFDS warning about the missing folders before the error.
+  warned = [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING]
+  assert warned == []
 
 
 def test_unknown_dataset_and_bad_batch_sizes():

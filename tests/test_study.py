@@ -42,9 +42,10 @@ def test_parse_method_modifiers():
 
 def test_plan_runs_dense_once_per_seed():
   plan = study.plan(["optg", "dense"], [0.9, 0.99], [0, 1])
-  assert plan == [study.Run("optg", 0.9, 0), study.Run("optg", 0.9, 1),
-                  study.Run("optg", 0.99, 0), study.Run("optg", 0.99, 1),
-                  study.Run("dense", 0.0, 0), study.Run("dense", 0.0, 1)]
+  run = study.StudyRun
+  assert plan == [run("optg", 0.9, 0), run("optg", 0.9, 1),
+                  run("optg", 0.99, 0), run("optg", 0.99, 1),
+                  run("dense", 0.0, 0), run("dense", 0.0, 1)]
   with pytest.raises(study.StudyError, match="repeat"):
     study.plan(["optg", "optg"], [0.9], [0])
   with pytest.raises(study.StudyError, match=r"in \(0, 1\)"):
@@ -56,7 +57,7 @@ def test_the_grid_is_canonical():
   # Repeated sparsities and seeds run once (and say so): n counts runs.
   notes = []
   plan = study.plan(["optg"], [0.9, 0.9], [0, 0], notes=notes)
-  assert plan == [study.Run("optg", 0.9, 0)]
+  assert plan == [study.StudyRun("optg", 0.9, 0)]
   assert notes == ["sparsities repeat (0.9, 0.9): each runs once",
                    "seeds repeat (0, 0): each runs once"]
   # Two sparsities no run can tell apart (they shared a directory).
@@ -69,12 +70,13 @@ def test_the_grid_is_canonical():
   notes = []
   plan = study.plan(["optg+2:4", "magnitude+1:4", "optg"], [0.9, 0.95],
                     [0], notes=notes)
-  assert plan == [study.Run("optg+2:4", 0.5, 0),
-                  study.Run("magnitude+1:4", 0.75, 0),
-                  study.Run("optg", 0.9, 0), study.Run("optg", 0.95, 0)]
+  assert plan == [study.StudyRun("optg+2:4", 0.5, 0),
+                  study.StudyRun("magnitude+1:4", 0.75, 0),
+                  study.StudyRun("optg", 0.9, 0),
+                  study.StudyRun("optg", 0.95, 0)]
   assert notes == ["N:M methods run once, at their own sparsity 1 - N/M"]
   assert study.plan(["optg+2:4"], [], [0, 1]) == [
-      study.Run("optg+2:4", 0.5, 0), study.Run("optg+2:4", 0.5, 1)]
+      study.StudyRun("optg+2:4", 0.5, 0), study.StudyRun("optg+2:4", 0.5, 1)]
   # Two names of one config on this base config (it refreshes every step).
   config = quickstart.get_config()
   assert config.update_every_steps == 1

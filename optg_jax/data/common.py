@@ -15,6 +15,7 @@ every global batch. A training batch is therefore the same whatever the
 number of processes or devices that share it.
 """
 
+import logging as std_logging
 from typing import Callable, NamedTuple, Optional, Tuple
 
 from absl import logging
@@ -374,13 +375,20 @@ def tfds_builder(name: str, data_dir: Optional[str], how_to_prepare: str):
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = tfds.builder(name, data_dir=data_dir)
-  is_prepared = getattr(builder, "is_prepared", None)
-  if is_prepared is not None:
-    prepared = is_prepared()
-  else:
-    prepared = tf.io.gfile.exists(
-        builder.data_dir + "/dataset_info.json")
+  # TFDS warns of a version folder without dataset_info.json (as when the
+  # dataset is not there at all) before our error says what to do.
+  absl_logger = std_logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    is_prepared = getattr(builder, "is_prepared", None)
+    if is_prepared is not None:
+      prepared = is_prepared()
+    else:
+      prepared = tf.io.gfile.exists(builder.data_dir + "/dataset_info.json")
+  finally:
+    absl_logger.setLevel(level)
   if not prepared:
     root = str(builder.data_dir_root)
     raise DatasetError(

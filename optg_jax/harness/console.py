@@ -5,8 +5,8 @@ throughput, time left), the evaluations, the checkpoint saves and a short
 summary at the end (`log_summary`). Metrics go to TensorBoard, all figures
 to the workdir's JSON files; the console only tells the story.
 
-The command-line tools share one console rule (`quiet`): by default the
-INFO lines of this repository's code, and the warnings and errors of all,
+The command-line tools share one console rule (`set_up`): by default
+the INFO lines of this repository's code, and the warnings and errors of all,
 reach the console; the libraries' INFO lines (orbax, clu, JAX, TensorFlow),
 their Python warnings and what TensorFlow's native code prints on import
 only with `--verbosity=1` (their DEBUG lines with 2).
@@ -109,8 +109,8 @@ class _ConsoleFormatter(std_logging.Formatter):
     return f"{stamp} {record.levelname}{source}: {text}"
 
 
-def quiet(progress_only: Optional[float] = None,
-          warnings_only: bool = False) -> bool:
+def set_up(progress_only: Optional[float] = None,
+           warnings_only: bool = False) -> bool:
   """Applies the console rule of the command-line tools (module doc).
 
   Call it in `main`, after absl parsed the flags and before TensorFlow or
@@ -321,3 +321,30 @@ def log_summary(summary: Dict[str, Any], workdir: str,
     info("Done in %s. %s is in %s (the training's summary.json is "
          "unchanged)", duration(summary["wall_time_s"]), summary_name,
          workdir)
+
+
+_HELP = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+_HELP_FULL = ("--helpfull", "-helpfull")
+
+
+def run_main(main, doc: str, more: str = "") -> None:
+  """`absl.app.run(main)`, but a request for help exits 0.
+
+  absl ends `--help` with exit code 1, which the tools' exit codes define as
+  a failure. Here `--help` (or `-h`, `--helpshort`) prints the tool's
+  docstring, `more` (e.g. the configs it can run) and its own flags;
+  `--helpfull` every flag, absl's and the libraries' too. Then exit 0.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  args = sys.argv[1:]
+  if any(a in _HELP + _HELP_FULL for a in args):
+    full = any(a in _HELP_FULL for a in args)
+    text = [doc.strip(), more.strip(), "Flags:",
+            flags.FLAGS.get_help() if full else
+            flags.FLAGS.main_module_help().strip()]
+    if not full:
+      text.append("Try --helpfull to list the flags of the libraries too.")
+    print("\n\n".join(t for t in text if t))
+    sys.exit(0)
+  app.run(main)

@@ -95,7 +95,7 @@ STUDY_FILE = "study.json"
 LOCK_FILE = "study.lock"
 
 
-class Run(NamedTuple):
+class StudyRun(NamedTuple):
   """One run of a study."""
   method: str
   sparsity: float  # 0 for dense runs.
@@ -157,7 +157,7 @@ def _merged(values, kind: str, notes: Optional[List[str]]):
 
 def plan(methods: Sequence[str], sparsities: Sequence[float],
          seeds: Sequence[int], base_config=None,
-         notes: Optional[List[str]] = None) -> List[Run]:
+         notes: Optional[List[str]] = None) -> List[StudyRun]:
   """The study's runs, methods first, then sparsities, then seeds.
 
   Args:
@@ -209,7 +209,7 @@ def plan(methods: Sequence[str], sparsities: Sequence[float],
       grid = sparsities
     for sparsity in grid:
       for seed in seeds:
-        runs.append(Run(method, float(sparsity), int(seed)))
+        runs.append(StudyRun(method, float(sparsity), int(seed)))
   if base_config is not None:
     _check_distinct_methods(base_config, methods)
   return runs
@@ -221,22 +221,23 @@ def _check_distinct_methods(base_config, methods: Sequence[str]) -> None:
   seen = {}
   for method in methods:
     sparsity = structure_sparsity(method) or 0.5
-    record = json.dumps(checkpoints.config_record(run_config(
-        base_config, Run(method, 0.0 if method == "dense" else sparsity, 0))),
-                        sort_keys=True)
+    one = StudyRun(method, 0.0 if method == "dense" else sparsity, 0)
+    record = json.dumps(
+        checkpoints.config_record(run_config(base_config, one)),
+        sort_keys=True)
     if record in seen:
       raise StudyError(f"methods {seen[record]} and {method} run the same "
                        "config on this base config; keep one")
     seen[record] = method
 
 
-def run_dir(workdir: str, run: Run) -> str:
+def run_dir(workdir: str, run: StudyRun) -> str:
   """`WORKDIR/runs/METHOD/sparsity=S/seed=N`."""
   return os.path.join(workdir, "runs", run.method, f"sparsity={run.sparsity:g}",
                       f"seed={run.seed}")
 
 
-def run_config(base_config, run: Run):
+def run_config(base_config, run: StudyRun):
   """The base config with the run's method, sparsity and seed."""
   config = base_config.copy_and_resolve_references()
   for key, value in parse_method(run.method).items():
@@ -298,7 +299,7 @@ def _recorded_config_is(directory: str, config) -> bool:
                                         checkpoints.config_record(config))
 
 
-def _row(run: Run, summary: Optional[Dict[str, Any]], status: str,
+def _row(run: StudyRun, summary: Optional[Dict[str, Any]], status: str,
          refresh_period: Optional[int]):
   row = {"method": run.method, "sparsity": run.sparsity, "seed": run.seed,
          "status": status}
@@ -320,12 +321,12 @@ def _row(run: Run, summary: Optional[Dict[str, Any]], status: str,
   return row
 
 
-def run_study(base_config, runs: Sequence[Run], workdir: str,
+def run_study(base_config, runs: Sequence[StudyRun], workdir: str,
               train_fn: Callable[[Any, str], Dict[str, Any]],
-              total_steps: Callable[[Run], int],
+              total_steps: Callable[[StudyRun], int],
               progress: Callable[[str], None] = print,
               stop_on: Tuple[type, ...] = (),
-              refresh_period: Optional[Callable[[Run], int]] = None
+              refresh_period: Optional[Callable[[StudyRun], int]] = None
               ) -> List[Dict[str, Any]]:
   """Runs (or reads back) every run of the study, in order.
 
@@ -516,7 +517,7 @@ def _remove_if_empty_of_runs(path: str) -> None:
     pass
 
 
-def layer_table(workdir: str, runs: Sequence[Run], sparsity: float
+def layer_table(workdir: str, runs: Sequence[StudyRun], sparsity: float
                 ) -> Dict[str, Dict[str, Dict[str, Any]]]:
   """Per-layer kept/total of the first seed of every sparse method at
   `sparsity`, from the runs' summaries."""

@@ -1,0 +1,93 @@
+"""The light install: `import optg_jax` needs JAX, NumPy and optax only; the
+parts that need the `train` extra say so in one line."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from optg_jax import extras
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh interpreter in which the `train` extra's packages cannot
+# be imported, as after `pip install optg_jax`.
+_WITHOUT_TRAIN_EXTRA = textwrap.dedent("""
+    import importlib.abc, sys
+    BLOCKED = {"flax", "orbax", "clu", "ml_collections", "tensorflow",
+               "tensorflow_datasets", "sklearn", "matplotlib"}
+
+    class Block(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+          raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+    sys.meta_path.insert(0, Block())
+    import importlib.util
+    _find_spec = importlib.util.find_spec
+    def find_spec(name, package=None):
+      if name.split(".")[0] in BLOCKED:
+        return None
+      return _find_spec(name, package)
+    importlib.util.find_spec = find_spec
+""")
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, "-c", _WITHOUT_TRAIN_EXTRA + textwrap.dedent(code)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_the_library_imports_and_runs_without_the_train_extra():
+  result = _run("""
+      import jax.numpy as jnp
+      import optax
+      import optg_jax as optg
+      params = {"w": jnp.arange(8.0).reshape(2, 4)}
+      tx = optax.chain(optg.mask_transform(0.5, 0.1), optax.sgd(0.1))
+      state = tx.init(params)
+      updates, state = tx.update(params, state, params)
+      print(int(optg.get_masks(state)["w"].sum()))
+      heavy = sorted(m for m in sys.modules
+                     if m.split(".")[0] in BLOCKED)
+      print(heavy)
+  """)
+  assert result.returncode == 0, result.stderr
+  # Half of the 8 weights kept; none of the extra's packages imported.
+  assert result.stdout.splitlines() == ["4", "[]"]
+
+
+@pytest.mark.parametrize("module,part", [
+    ("optg_jax.harness", "optg_jax.harness"),
+    ("optg_jax.train", "optg_jax.harness"),
+    ("optg_jax.studies", "optg_jax.studies"),
+    ("optg_jax.data", "optg_jax.data"),
+    ("optg_jax.models", "optg_jax.models"),
+    ("optg_jax.flops", "optg_jax.flops"),
+])
+def test_a_part_that_needs_the_extra_says_so_in_one_line(module, part):
+  result = _run(f"""
+      try:
+        import {module}
+      except ImportError as e:
+        print(e)
+  """)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 1
+  assert lines[0].startswith(f"{part} needs the training extra (")
+  assert lines[0].endswith("pip install 'optg_jax[train]'")
+
+
+def test_require_names_every_missing_package():
+  extras.require(("os", "json"), "x")  # Present: nothing raised.
+  with pytest.raises(ImportError) as raised:
+    extras.require(("os", "no_such_package_a", "no_such.sub"), "optg_jax.x")
+  assert str(raised.value) == (
+      "optg_jax.x needs the training extra (no_such_package_a, no_such.sub "
+      "not installed): pip install 'optg_jax[train]'")
