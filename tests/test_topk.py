@@ -1,4 +1,4 @@
-"""Tests of the exact global top-k (optg_jax/topk.py)."""
+"""Tests of the exact global top-k (optg_jax/topk/)."""
 
 from fractions import Fraction
 import functools
