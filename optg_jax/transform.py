@@ -9,15 +9,19 @@ updates are the gradients `G` with respect to those masked weights. One step:
   out = G * M_t                          (pruned weights get no loss gradient)
   M_{t+1} = topk(S, sparsity(t + 1))     when (t + 1) % update_every == 0
 
-`M_t` is the mask that was in force for step t's forward pass. Put this
-transformation first in the chain so that weight decay and the weights'
-optimizer come after it:
+`M_t` is the mask that was in force for step t's forward pass. The first two
+lines are `score_update`, the third `zero_pruned`; in the fourth,
+`ranking_keys` is what the top-k ranks, `selected_masks` the top-k and
+`masks_after_update` the "when". Invalid arguments are refused first
+(`transform_checks`), and `init` refuses params that leave nothing to prune
+(`_check_prunable`). Put this transformation first in the chain so that
+weight decay and the weights' optimizer come after it:
 
   optax.chain(mask_transform(...), optax.add_decayed_weights(wd),
               optax.sgd(lr, momentum=0.9))
 """
 
-import warnings
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -28,6 +32,12 @@ import optax
 from optg_jax import nm
 from optg_jax import schedules
 from optg_jax import topk
+from optg_jax.transform_checks import check_refresh
+from optg_jax.transform_checks import checked_options
+from optg_jax.transform_checks import checked_period
+from optg_jax.transform_checks import CRITERIA  # Public here too.
+from optg_jax.transform_checks import is_traced
+from optg_jax.transform_checks import SCORE_NORMALIZATIONS  # Public too.
 from optg_jax.tree import is_nnx_variable
 from optg_jax.tree import path_to_str
 from optg_jax.tree import unwrap_nnx
@@ -35,8 +45,6 @@ from optg_jax.tree import unwrap_nnx
 PyTree = Any
 Where = Callable[[str, jax.Array], bool]
 
-CRITERIA = ("optg", "magnitude", "taylor")
-SCORE_NORMALIZATIONS = (None, "layer_rms")
 # The arguments of `mask_transform` that `optax.inject_hyperparams` must
 # leave alone (`static_args`): a schedule of the sparsity must reach the
 # transform, which evaluates it at the step after the update; the others
@@ -167,6 +175,119 @@ def _layer_rms_normalized(ranking: jax.Array) -> jax.Array:
   """`ranking / sqrt(mean(ranking ** 2))`, left as is when it is all zero."""
   rms = jnp.sqrt(jnp.mean(jnp.square(ranking)))
   return jnp.where(rms > 0, ranking / jnp.where(rms > 0, rms, 1.0), ranking)
+
+
+def _score_gradient(g: jax.Array, w: jax.Array) -> jax.Array:
+  """`dS = G * W` in float32: the straight-through gradient of the scores."""
+  return g.astype(jnp.float32) * w.astype(jnp.float32)
+
+
+def score_update(state: OptGState, updates: PyTree, params: PyTree, *,
+                 criterion: str, mask_lr: schedules.Schedule,
+                 momentum) -> Tuple[PyTree, PyTree]:
+  """The scores and their momentum buffers after one update.
+
+  "optg": `buf = momentum * buf + G * W;  S = S - mask_lr(t) * buf`.
+  "taylor": `S = S - G * W`, no rate and no momentum (`update` resets `S`
+  to 0 at each refresh). "magnitude" keeps no scores: nothing changes.
+  """
+  masks = state.masks
+  if criterion == "optg":
+    lr = jnp.asarray(mask_lr(state.count), jnp.float32)
+
+    def new_buffer(g, w, m, buf):
+      if m is None:
+        return None
+      score_grad = _score_gradient(g, w)
+      return momentum * buf + score_grad
+
+    buffers = jax.tree.map(new_buffer, updates, params, masks,
+                           state.momentum)
+    scores = jax.tree.map(
+        lambda m, s, b: None if m is None else s - lr * b,
+        masks, state.scores, buffers, is_leaf=lambda x: x is None)
+    return scores, buffers
+  if criterion == "taylor":
+    scores = jax.tree.map(
+        lambda m, s, g, w: None if m is None else s - _score_gradient(g, w),
+        masks, state.scores, updates, params, is_leaf=lambda x: x is None)
+    return scores, state.momentum
+  return state.scores, state.momentum
+
+
+def ranking_keys(scores: PyTree, params: PyTree, masks: PyTree, *,
+                 criterion: str, score_normalization: Optional[str],
+                 min_kept_per_unit: int) -> PyTree:
+  """What the top-k ranks: the scores (`|W|` for "magnitude"), as the paper.
+
+  Opt-in: "layer_rms" divides each layer's by its root-mean-square, and
+  `min_kept_per_unit` raises each unit's best `n` to +inf.
+  """
+  keys = scores
+  if criterion == "magnitude":
+    keys = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
+                        params, masks)
+  if not score_normalization and not min_kept_per_unit:
+    return keys  # The paper.
+
+  def one(leaf):
+    leaf = leaf.astype(jnp.float32)
+    if score_normalization == "layer_rms":
+      leaf = _layer_rms_normalized(leaf)
+    if min_kept_per_unit and leaf.ndim >= 1:
+      leaf = _unit_floor(leaf, min_kept_per_unit)
+    return leaf
+
+  return jax.tree.map(lambda r: None if r is None else one(r), keys,
+                      is_leaf=lambda x: x is None)
+
+
+def selected_masks(keys: PyTree, sparsity, hint: topk.TopKHint, *,
+                   structure: Optional[nm.NM], indivisible: str,
+                   axis_name: Optional[topk.AxisName], topk_layout: str
+                   ) -> Tuple[PyTree, topk.TopKHint]:
+  """The masks a refresh draws and the next search's hint.
+
+  The global top-k of `keys` at `sparsity` (`topk.warm_topk_masks`), or,
+  with `structure`, progressive N:M masks at the share `sparsity` of the
+  pattern's own (`nm.progressive_nm_masks`).
+  """
+  if structure is not None:
+    nm_sparsity = (structure.m - structure.n) / structure.m
+    share = jnp.clip(jnp.asarray(sparsity, jnp.float32) /
+                     jnp.float32(nm_sparsity), 0.0, 1.0)
+    return nm.progressive_nm_masks(keys, structure.n, structure.m, share,
+                                   indivisible=indivisible), hint
+  return topk.warm_topk_masks(keys, sparsity, hint, axis_name=axis_name,
+                              layout=topk_layout)
+
+
+def masks_after_update(draw: Callable[[], Any], kept: Any, due, refresh,
+                       step, update_every: int) -> Tuple[Any, Any]:
+  """`(draw() if due else kept, due)`: the masks and hint of the next step.
+
+  `due` says whether this update refreshes. Run op by op, a Python branch;
+  traced, a select (`refresh=True`, or `update_every=1`) or a `lax.cond`.
+  `refresh=False` draws nothing and gives `due=False` (op by op, a due
+  refresh is a ValueError; traced, the caller's word is trusted).
+  """
+  traced = is_traced(due)
+  if refresh is False:
+    if not traced and bool(due):
+      raise ValueError(
+          f"refresh=False at step {int(step)}, whose update refreshes the "
+          f"masks (update_every={update_every}); pass refresh="
+          "optg.refresh_due(step, update_every, total_steps)")
+    return kept, False  # The caller's word: no top-k in this step.
+  if not traced:
+    return (draw() if bool(due) else kept), due
+  if refresh or update_every == 1:
+    # A step that may refresh: a select of the new masks costs less than a
+    # branch, whose predicate the host waits for and whose operands XLA
+    # copies.
+    return jax.tree.map(lambda new, old: jnp.where(due, new, old), draw(),
+                        kept), due
+  return jax.lax.cond(due, draw, lambda: kept), due
 
 
 def mask_transform(sparsity: schedules.ScalarOrSchedule,
@@ -323,33 +444,23 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     ValueError: for invalid arguments, with what to pass to
       `optax.inject_hyperparams` when an argument arrives as an array.
   """
-  update_every, total_steps = _checked_period(sparsity, update_every,
-                                              total_steps)
+  update_every, total_steps = checked_period(sparsity, update_every,
+                                             total_steps)
   topk.check_layout(topk_layout, axis_name)
-  min_kept_per_unit, structure = _checked_options(
+  min_kept_per_unit, structure = checked_options(
       sparsity, momentum, criterion, score_normalization, min_kept_per_unit,
       axis_name, structure, indivisible)
-  if structure is not None:
-    nm_sparsity = (structure.m - structure.n) / structure.m
   where = default_where if where is None else where
-  mask_lr = schedules.as_schedule(mask_learning_rate)
-  learns_scores = criterion in ("optg", "taylor")
-
-  def _rankings(ranking):
-    """What the top-k ranks: the scores (or |W|), or an opt-in variant."""
-    if not score_normalization and not min_kept_per_unit:
-      return ranking  # The paper.
-
-    def one(leaf):
-      leaf = leaf.astype(jnp.float32)
-      if score_normalization == "layer_rms":
-        leaf = _layer_rms_normalized(leaf)
-      if min_kept_per_unit and leaf.ndim >= 1:
-        leaf = _unit_floor(leaf, min_kept_per_unit)
-      return leaf
-
-    return jax.tree.map(lambda r: None if r is None else one(r), ranking,
-                        is_leaf=lambda x: x is None)
+  update_scores = functools.partial(
+      score_update, criterion=criterion, momentum=momentum,
+      mask_lr=schedules.as_schedule(mask_learning_rate))
+  rank = functools.partial(
+      ranking_keys, criterion=criterion,
+      score_normalization=score_normalization,
+      min_kept_per_unit=min_kept_per_unit)
+  select = functools.partial(
+      selected_masks, structure=structure, indivisible=indivisible,
+      axis_name=axis_name, topk_layout=topk_layout)
 
   def sparsity_at(step):
     # A constant stays a Python number so that the top-k count is exact.
@@ -359,35 +470,13 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     params = unwrap_nnx(params)  # Flax NNX state: `where` sees the arrays.
     masks = _prunable_tree(params,
                            where, lambda p: _filled_like(p, True, bool))
-    if not jax.tree.leaves(masks):
-      raise ValueError(_nothing_selected_message(params))
-    if structure is not None:
-      odd = nm.indivisible_leaves(masks, structure.m)
-      if odd and indivisible == "error":
-        raise ValueError(
-            f"N:M {structure}: the reduction axis of "
-            + ", ".join(f"'{path}' ({length})" for path, length in odd)
-            + f" is not a multiple of {structure.m}; pass "
-            "indivisible='dense' to leave such kernels dense")
-      if len(odd) == len(jax.tree.leaves(masks)):
-        raise ValueError(f"N:M {structure}: no prunable kernel has a "
-                         f"reduction axis that is a multiple of "
-                         f"{structure.m}")
-    if (min_kept_per_unit and not callable(sparsity) and
-        not isinstance(sparsity, jax.core.Tracer)):
-      total = sum(int(np.size(m)) for m in jax.tree.leaves(masks))
-      forced = forced_count(masks, min_kept_per_unit)
-      if forced > topk.num_to_keep(sparsity, total):
-        raise ValueError(
-            f"min_kept_per_unit={min_kept_per_unit} keeps {forced} weights, "
-            f"more than the {topk.num_to_keep(sparsity, total)} that "
-            f"sparsity {sparsity} keeps")
+    _check_prunable(params, masks, sparsity, min_kept_per_unit, structure,
+                    indivisible)
     nothing = jax.tree.map(lambda _: None, masks)
-    zeros = lambda p: _filled_like(p, 0, jnp.float32)
-    scores = _prunable_tree(params, where, zeros) if learns_scores else (
-        nothing)
-    buffers = _prunable_tree(params, where, zeros) if criterion == "optg" else (
-        nothing)
+    zeros = lambda: _prunable_tree(
+        params, where, lambda p: _filled_like(p, 0, jnp.float32))
+    scores = nothing if criterion == "magnitude" else zeros()
+    buffers = zeros() if criterion == "optg" else nothing
     return OptGState(count=jnp.zeros([], jnp.int32), scores=scores,
                      momentum=buffers, masks=masks, trained_masks=masks,
                      topk_hint=topk.empty_hint())
@@ -397,211 +486,59 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
     if params is None:
       raise ValueError("mask_transform needs the params: call "
                        "update(updates, state, params)")
-    _check_refresh(refresh)
+    check_refresh(refresh)
     wrapped_updates = updates
     updates, state, params = map(unwrap_nnx, (updates, state, params))
-    step = state.count
-    masks = state.masks
-
-    if criterion == "optg":
-      lr = jnp.asarray(mask_lr(step), jnp.float32)
-
-      def new_buffer(g, w, m, buf):
-        if m is None:
-          return None
-        score_grad = g.astype(jnp.float32) * w.astype(jnp.float32)
-        return momentum * buf + score_grad
-
-      buffers = jax.tree.map(new_buffer, updates, params, masks,
-                             state.momentum)
-      scores = jax.tree.map(
-          lambda m, s, b: None if m is None else s - lr * b,
-          masks, state.scores, buffers, is_leaf=lambda x: x is None)
-      ranking = scores
-    elif criterion == "taylor":
-      # Since the last refresh only (reset below), no rate, no momentum.
-      buffers = state.momentum
-      scores = jax.tree.map(
-          lambda m, s, g, w: None if m is None else (
-              s - g.astype(jnp.float32) * w.astype(jnp.float32)),
-          masks, state.scores, updates, params, is_leaf=lambda x: x is None)
-      ranking = scores
-    else:
-      buffers, scores = state.momentum, state.scores
-      ranking = None  # |W|, computed in the refresh only.
-
-    def refreshed():
-      rank = ranking
-      if rank is None:
-        rank = jax.tree.map(lambda w, m: None if m is None else jnp.abs(w),
-                            params, masks)
-      if structure is not None:
-        share = jnp.clip(jnp.asarray(sparsity_at(next_step), jnp.float32) /
-                         jnp.float32(nm_sparsity), 0.0, 1.0)
-        return nm.progressive_nm_masks(_rankings(rank), structure.n,
-                                       structure.m, share,
-                                       indivisible=indivisible), state.topk_hint
-      return topk.warm_topk_masks(_rankings(rank), sparsity_at(next_step),
-                                  state.topk_hint, axis_name=axis_name,
-                                  layout=topk_layout)
-
-    next_step = optax.safe_int32_increment(step)
+    scores, buffers = update_scores(state, updates, params)
+    next_step = optax.safe_int32_increment(state.count)
     due = next_step % update_every == 0
     if total_steps is not None:  # No refresh after the run's last step.
       due &= next_step < total_steps
-    kept = lambda: (masks, state.topk_hint)
-    on_host = not isinstance(due, jax.core.Tracer)
-    if refresh is False:
-      if on_host and bool(due):
-        raise ValueError(
-            f"refresh=False at step {int(step)}, whose update refreshes the "
-            f"masks (update_every={update_every}); pass refresh="
-            "optg.refresh_due(step, update_every, total_steps)")
-      # The caller's word: no top-k in this step.
-      new_masks, new_hint = kept()
-      due = False
-    elif on_host:
-      # Called op by op (outside `jit`): branch in Python.
-      new_masks, new_hint = refreshed() if bool(due) else kept()
-    elif refresh or update_every == 1:
-      # A step that may refresh: a select of the new masks costs less than
-      # a branch, whose predicate the host waits for and whose operands
-      # XLA copies.
-      drawn, hint = refreshed()
-      new_masks, new_hint = jax.tree.map(
-          lambda new, old: jnp.where(due, new, old), (drawn, hint), kept())
-    else:
-      new_masks, new_hint = jax.lax.cond(due, refreshed, kept)
-
+    draw = lambda: select(rank(scores, params, state.masks),
+                          sparsity_at(next_step), state.topk_hint)
+    (masks, hint), due = masks_after_update(
+        draw, (state.masks, state.topk_hint), due, refresh, state.count,
+        update_every)
     if criterion == "taylor" and due is not False:
       # The next period sums afresh.
       scores = jax.tree.map(
           lambda s: None if s is None else jnp.where(due, 0.0, s), scores,
           is_leaf=lambda x: x is None)
-
-    masked_updates = zero_pruned(wrapped_updates, masks)
+    masked_updates = zero_pruned(wrapped_updates, state.masks)
     return masked_updates, OptGState(count=next_step, scores=scores,
-                                     momentum=buffers, masks=new_masks,
-                                     trained_masks=masks, topk_hint=new_hint)
+                                     momentum=buffers, masks=masks,
+                                     trained_masks=state.masks,
+                                     topk_hint=hint)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_refresh(refresh) -> None:
-  """Refuses a `refresh` that is not None or a Python bool."""
-  if refresh is None or isinstance(refresh, bool):
-    return
-  if isinstance(refresh, (np.bool_, np.ndarray, jax.Array, jax.core.Tracer)):
-    raise ValueError(
-        f"mask_transform: refresh must be None or a Python bool chosen on "
-        f"the host (a static argument of the compiled step), got "
-        f"{type(refresh).__name__}; pass refresh=optg.refresh_due(step, "
-        "update_every, total_steps) with jax.jit(..., static_argnames="
-        "'refresh'), or leave it None to decide on the device")
-  raise ValueError(f"mask_transform: refresh must be None, True or False, "
-                   f"got {refresh!r}")
-
-
-def _is_array(x) -> bool:
-  return isinstance(x, (jax.Array, jax.core.Tracer, np.ndarray))
-
-
-def _checked_options(sparsity, momentum, criterion, score_normalization,
-                     min_kept_per_unit, axis_name, structure, indivisible):
-  """Refuses `mask_transform`'s invalid options (ValueError); returns the
-  unit floor as an int and the structure as an `nm.NM` (or None)."""
-  if criterion not in CRITERIA:
-    raise ValueError(f"unknown criterion {criterion!r}; valid criteria: "
-                     f"{', '.join(CRITERIA)}")
-  if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= momentum < 1.0:
-    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-  if not callable(sparsity) and not isinstance(sparsity, jax.core.Tracer):
-    topk.num_to_keep(sparsity, 1)  # Validates a constant sparsity early.
-  if score_normalization not in SCORE_NORMALIZATIONS:
-    raise ValueError(f"unknown score_normalization {score_normalization!r}; "
-                     f"valid: {', '.join(map(repr, SCORE_NORMALIZATIONS))}")
-  if isinstance(min_kept_per_unit, (jax.Array, jax.core.Tracer)):
-    # optax.inject_hyperparams turns numeric arguments into arrays.
-    raise ValueError("min_kept_per_unit must be a static Python int; with "
-                     "optax.inject_hyperparams add 'min_kept_per_unit' to "
-                     "static_args")
-  min_kept_per_unit = min_kept_per_unit or 0
-  if (not isinstance(min_kept_per_unit, int) or
-      isinstance(min_kept_per_unit, bool) or min_kept_per_unit < 0):
-    raise ValueError(f"min_kept_per_unit must be a non-negative integer, got "
-                     f"{min_kept_per_unit!r}")
-  if axis_name is not None and score_normalization:
-    raise ValueError(f"score_normalization={score_normalization!r} is not "
-                     "supported with axis_name (it would normalise each "
-                     "shard on its own)")
-  if isinstance(structure, str):
-    structure = nm.NM.parse(structure)
+def _check_prunable(params, masks, sparsity, min_kept_per_unit, structure,
+                    indivisible) -> None:
+  """Refuses an `init` whose `where` selects nothing, or leaves the N:M
+  pattern nothing to prune, or whose unit floors keep more than `k`."""
+  if not jax.tree.leaves(masks):
+    raise ValueError(_nothing_selected_message(params))
   if structure is not None:
-    if not isinstance(structure, nm.NM):
-      raise ValueError(f"structure must be None, an optg.NM or an 'N:M' "
-                       f"string, got {structure!r}")
-    if min_kept_per_unit:
-      raise ValueError("min_kept_per_unit is not supported with an N:M "
-                       "structure (every unit keeps n of every m inputs)")
-    if axis_name is not None:
-      raise ValueError("axis_name (shard_map) is not supported with an N:M "
-                       "structure yet; use jax.jit with sharded arrays")
-    if indivisible not in nm.INDIVISIBLE:
-      raise ValueError(f"indivisible must be one of {nm.INDIVISIBLE}, got "
-                       f"{indivisible!r}")
-  return min_kept_per_unit, structure
-
-
-def _checked_period(sparsity, update_every, total_steps):
-  """`(update_every, total_steps)` checked, defaulted and made consistent.
-
-  `update_every` None is 1; `total_steps` None is the schedule's own when
-  it has one. A known run length is checked against the refresh period
-  (the masks must be refreshed before the end), and a sigmoid schedule
-  against its target (a warning when its last trained masks fall short).
-  """
-  if update_every is None:
-    update_every = 1
-  if _is_array(update_every):
-    # optax.inject_hyperparams turns numeric arguments into arrays.
-    raise ValueError("update_every must be a static Python int, got an "
-                     "array; with optax.inject_hyperparams pass "
-                     "static_args=optg.STATIC_ARGS")
-  if _is_array(sparsity):
-    raise ValueError(
-        "sparsity must be a Python number or a schedule, got an array: "
-        "optax.inject_hyperparams evaluates a sparsity schedule at the step "
-        "before each refresh, so the masks would come one refresh late; "
-        "pass static_args=optg.STATIC_ARGS so that the transform evaluates "
-        "it at the step after")
-  if (not isinstance(update_every, int) or isinstance(update_every, bool) or
-      update_every < 1):
-    raise ValueError(
-        f"update_every must be a positive integer, got {update_every!r}")
-  if _is_array(total_steps):
-    raise ValueError("total_steps must be a static Python int, got an "
-                     "array; with optax.inject_hyperparams pass "
-                     "static_args=optg.STATIC_ARGS")
-  if total_steps is None:
-    total_steps = getattr(sparsity, "total_steps", None)
-  if total_steps is None:
-    return update_every, None
-  if (not isinstance(total_steps, (int, np.integer)) or
-      isinstance(total_steps, bool) or total_steps < 1):
-    raise ValueError(
-        f"total_steps must be a positive integer, got {total_steps!r}")
-  total_steps = int(total_steps)
-  if schedules.last_refresh_step(total_steps, update_every) == 0:
-    raise ValueError(
-        f"update_every={update_every} never refreshes the masks within the "
-        f"run's total_steps={total_steps}: every step would train the "
-        "dense network; refresh at least once before the end")
-  if (isinstance(sparsity, schedules.SigmoidSparsity) and
-      total_steps == sparsity.total_steps):
-    message = schedules.shortfall_message(sparsity, update_every)
-    if message:
-      warnings.warn(f"mask_transform: {message}", stacklevel=3)
-  return update_every, total_steps
+    odd = nm.indivisible_leaves(masks, structure.m)
+    if odd and indivisible == "error":
+      raise ValueError(
+          f"N:M {structure}: the reduction axis of "
+          + ", ".join(f"'{path}' ({length})" for path, length in odd)
+          + f" is not a multiple of {structure.m}; pass "
+          "indivisible='dense' to leave such kernels dense")
+    if len(odd) == len(jax.tree.leaves(masks)):
+      raise ValueError(f"N:M {structure}: no prunable kernel has a "
+                       f"reduction axis that is a multiple of "
+                       f"{structure.m}")
+  if min_kept_per_unit and not callable(sparsity):
+    total = sum(int(np.size(m)) for m in jax.tree.leaves(masks))
+    forced = forced_count(masks, min_kept_per_unit)
+    if forced > topk.num_to_keep(sparsity, total):
+      raise ValueError(
+          f"min_kept_per_unit={min_kept_per_unit} keeps {forced} weights, "
+          f"more than the {topk.num_to_keep(sparsity, total)} that "
+          f"sparsity {sparsity} keeps")
 
 
 def _nothing_selected_message(params: PyTree) -> str:
