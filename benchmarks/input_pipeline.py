@@ -47,7 +47,8 @@ SIZES = ((375, 500), (500, 375), (333, 500), (375, 500), (300, 400),
          (240, 320))
 CLASSES = 4
 RECIPES = ("torchvision", "inception")
-# ResNet-50 training, batch 256, bf16, on one NVIDIA H200 (README).
+# ResNet-50 training, batch 256, bf16, on one NVIDIA H200
+# (docs/guides/benchmarks.md).
 ACCELERATOR_RATE = 6780.0
 
 

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.update_every_steps = 0  # Mask refresh period; 0: once an epoch.
   # How a refresh's top-k reads the scores: "leaves" | "flat" (the same masks;
   # a fixed number of passes, no loop on the device: several times faster on
-  # a GPU, slower on a CPU; see the README).
+  # a GPU, slower on a CPU; see docs/guides/benchmarks.md).
   config.topk_layout = "leaves"
   # "" (the paper: unstructured) or "N:M", e.g. "2:4": n kept weights in every
   # m consecutive inputs of each kernel, reached gradually; the target is
@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How the steps run over the devices: "pmap" (a replica of the state on
   # every local device, the batch split across them) or "jit" (one program
   # over a mesh of every process's devices, the state as global arrays).
-  # README, "pmap or jit".
+  # docs/guides/harness.md, "pmap or jit".
   config.parallelism = "pmap"
 
   # Bookkeeping.

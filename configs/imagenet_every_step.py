@@ -19,7 +19,7 @@ Whether the same holds for ResNet-50's 5,005 steps an epoch and its
 gentler ramp is not measured here. The cost is measured: a ResNet-50 step
 at batch 256 in bfloat16 with a refresh every step (flat top-k) is 1.31x a
 dense step on an H200, where the paper's once an epoch is 1.32x for its
-branch (README, "Benchmarks").
+branch (docs/guides/benchmarks.md).
 """
 
 from configs import imagenet

@@ -4,8 +4,8 @@ r"""Trains a sparse network with OptG: the command-line entry point.
       [--config.sparsity=0.95] [--config.data_dir=TFDS_DIR]
 
 Multi-process runs pass `--coordinator_address`, `--num_processes` and
-`--process_id` (see launch/README.md); on a TPU pod, start the same command
-on every worker with none of them. A workdir that holds checkpoints resumes
+`--process_id` (see docs/guides/harness.md); on a TPU pod, start the same
+command on every worker with none of them. A workdir that holds checkpoints resumes
 from the latest one. All the logic lives in `optg_jax.train`.
 
 The console shows a line per logging step (loss, accuracy, sparsity,
@@ -92,7 +92,7 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.ConfigError, data.DatasetError, errors.NonFiniteError,
           errors.CheckpointError, errors.WorkdirError) as e:
-    # One line and the exit code of the README's table
+    # One line and the exit code of the faults guide's table
     # (optg_jax.harness.errors).
     print(f"error: {e}", file=sys.stderr)
     sys.exit(errors.exit_code(e))

@@ -98,7 +98,7 @@ def count_macs(model: nn.Module, variables: Any,
       train=False)`, or without `train` if its `__call__` has no such
       argument.
     variables: the model's variables (`{"params": ..., ...}`); arrays or
-      `jax.ShapeDtypeStruct`s.
+      `jax.ShapeDtypeStruct` values.
     input_shape: the input's shape, batch first, e.g. `(1, 224, 224, 3)`.
     masks: None (every weight kept) or a pytree with the structure of
       `variables["params"]`: bool arrays on pruned leaves, None elsewhere

@@ -1,5 +1,5 @@
 """Faults: preemption (SIGTERM, SIGKILL), non-finite steps, damaged
-checkpoints. Each test backs a row of the README's table of faults."""
+checkpoints. Each test backs a row of the table in docs/guides/faults.md."""
 
 import os
 import shutil

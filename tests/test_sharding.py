@@ -80,17 +80,17 @@ def assert_placed_alike(got, want):
       got.sharding, want.sharding)
 
 
+GUIDE = ROOT / "docs" / "guides" / "sharding.md"
+
+
 def readme_sharded_example():
-  """The Python block of the README's "Sharded training" section."""
-  text = (ROOT / "README.md").read_text()
-  section = text.split("## Sharded training (jit, shard_map)\n", 1)[1]
-  section = section.split("\n## ", 1)[0]
-  return section.split("```python\n", 1)[1].split("```", 1)[0]
+  """The first Python block of the sharding guide."""
+  return GUIDE.read_text().split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_readme_data_parallel_step_matches_one_device(capsys):
   namespace = {}
-  code = compile(readme_sharded_example(), "README.md", "exec")
+  code = compile(readme_sharded_example(), str(GUIDE), "exec")
   exec(code, namespace)  # pylint: disable=exec-used
   assert "all prunable     10,163  50,816    80.00%" in capsys.readouterr().out
   params, opt_state = namespace["params"], namespace["opt_state"]

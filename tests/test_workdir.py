@@ -1,6 +1,7 @@
 """Faults of the workdir: verified checkpoints, one writer, the config
 record, runs that cannot reach their target, I/O errors, SIGTERM in the
-final evaluation. Each test backs a row of the README's table of faults."""
+final evaluation. Each test backs a row of the table in
+docs/guides/faults.md."""
 
 import collections
 import contextlib
