@@ -148,7 +148,7 @@ def _restored_run(workdir: str, verbose: bool = False):
     raise ExportError(str(e), errors.exit_code(e)) from None
   state = jax.device_get(state)
   # The model the run trained: the masks its last step trained with.
-  masks = jax.device_get(train.shipped_masks(run.sparse, state.opt_state))
+  masks = jax.device_get(run.trained_masks(state))
   return state, masks, run.total_steps
 
 

@@ -10,8 +10,10 @@ automatically), clu metrics, and a summary of the sparse model at the end.
 the same transform) or "dense" (no masks), so the baselines run through the
 same code.
 
-This module gathers the harness's public names; the code lives in
-`optg_jax.harness` (one concern a module, see its docstring).
+This module gathers the names a user of the harness calls: the entry point,
+`Run` and the steps, the checkpoint helpers, and the errors a run ends with
+(each with its exit code, `optg_jax.harness.errors`). The code lives in
+`optg_jax.harness`, one concern a module (see its docstring).
 """
 
 # pylint: disable=unused-import
@@ -24,19 +26,13 @@ from optg_jax.harness.errors import NonFiniteError
 from optg_jax.harness.errors import WorkdirBusy
 from optg_jax.harness.errors import WorkdirError
 from optg_jax.harness.config import check_target
-from optg_jax.harness.config import LR_SCHEDULES
-from optg_jax.harness.config import METHODS
-from optg_jax.harness.config import PARALLELISMS
 from optg_jax.harness.config import structure_of
 from optg_jax.harness.config import target_sparsity
-from optg_jax.harness.config import TARGET_TOLERANCE
 from optg_jax.harness.config import update_every_steps
 from optg_jax.harness.config import validate_config
 from optg_jax.harness.evaluation import EvalHistory
 from optg_jax.harness.evaluation import evaluate
 from optg_jax.harness.loop import check_finite
-from optg_jax.harness.loop import check_finite_and_log
-from optg_jax.harness.loop import itstime
 from optg_jax.harness.loop import train_and_evaluate
 from optg_jax.harness.parallel import Jit
 from optg_jax.harness.parallel import Pmap
@@ -44,20 +40,11 @@ from optg_jax.harness.run import Run
 from optg_jax.harness.state import create_model
 from optg_jax.harness.state import create_optimizer
 from optg_jax.harness.state import create_schedules
-from optg_jax.harness.state import create_train_state
 from optg_jax.harness.state import current_masks
-from optg_jax.harness.state import masked_params
-from optg_jax.harness.state import Schedules
-from optg_jax.harness.state import shipped_masks
-from optg_jax.harness.state import TrainState
-from optg_jax.harness.steps import cross_entropy_loss
 from optg_jax.harness.steps import eval_step
 from optg_jax.harness.steps import train_step
 from optg_jax.harness.summary import collapse_findings
-from optg_jax.harness.summary import EVAL_SUMMARY
-from optg_jax.harness.summary import SUMMARY
 from optg_jax.harness.preemption import Preempted
-from optg_jax.harness.preemption import SigtermFlag
 
 
 def replicate(tree):

@@ -185,10 +185,10 @@ def test_eval_only_without_checkpoint_fails_and_writes_nothing(tmp_path):
     ("batch_size", 0, "batch_size"),
     ("model", "resnet9000", "unknown model"),
     ("method", "snip", "unknown method"),
-    ("sparsity_granularity", "batch", "unknown sparsity_granularity "
-     "'batch'; valid: epoch, step"),
-    ("topk_layout", "sorted", "unknown topk_layout 'sorted'; valid: leaves, "
-     "flat"),
+    ("sparsity_granularity", "batch", r"config.sparsity_granularity: "
+     r"granularity must be one of \('epoch', 'step'\), got 'batch'"),
+    ("topk_layout", "sorted", r"config.topk_layout: layout must be one of "
+     r"\('leaves', 'flat'\), got 'sorted'"),
     ("dataset", "mnist", "unknown dataset"),
     ("num_epochs", 0, "num_epochs"),
     ("batch_size", 1504, "batch_size=1504 is larger than the 1500 training "

@@ -31,9 +31,10 @@ def evaluate(eval_step, state, masks, config, parallel,
     with masks, `eval_sparsity` (the sparsity of `masks`).
   """
   totals = None
-  for batch in data.eval_iterator(config, process_index=jax.process_index(),
-                                  process_count=jax.process_count(),
-                                  local_device_count=parallel.local_device_count):
+  for batch in data.eval_iterator(
+      config, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      local_device_count=parallel.local_device_count):
     sums = eval_step(state, masks, parallel.eval_batch(batch))
     sums = jax.tree.map(float, parallel.host(sums))
     totals = sums if totals is None else jax.tree.map(

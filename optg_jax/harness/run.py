@@ -19,7 +19,7 @@ from optg_jax.harness.state import create_model
 from optg_jax.harness.state import create_optimizer
 from optg_jax.harness.state import create_schedules
 from optg_jax.harness.state import create_train_state
-from optg_jax.harness.state import shipped_masks
+from optg_jax.harness.state import trained_masks
 from optg_jax.harness.state import TrainState
 from optg_jax.harness.steps import eval_step
 from optg_jax.harness.steps import train_step
@@ -27,6 +27,11 @@ from optg_jax.harness.steps import train_step
 
 class Run:
   """A run's config resolved once, before anything is written.
+
+  The values derived from the config (the N:M structure, the target, the
+  schedules, the optax chain) are computed here, once, and handed to their
+  users; building the library's objects checks the config's values by the
+  library's own rules (a refusal is a `ConfigError` naming the field).
 
   Attributes:
     config: the config.
@@ -52,6 +57,7 @@ class Run:
   def __init__(self, config):
     self.config = config
     validate_config(config, jax.device_count())
+    self.structure = structure_of(config)
     self.parallel = parallel.create(config.parallelism)
     self.local_device_count = self.parallel.local_device_count
     self.info = data.dataset_info(config)  # Raises DatasetError.
@@ -66,13 +72,14 @@ class Run:
       self.total_steps = min(self.total_steps, config.num_train_steps)
     self.update_every = update_every_steps(config, self.steps_per_epoch)
     self.sparse = config.method != "dense"
-    self.target = target_sparsity(config) if self.sparse else 0.0
-    self.structure = structure_of(config)
-    self.schedules = create_schedules(config, self.steps_per_epoch)
+    self.target = (target_sparsity(config, self.structure) if self.sparse
+                   else 0.0)
+    self.schedules = create_schedules(config, self.steps_per_epoch,
+                                      self.target)
     self.model = create_model(config, self.info.num_classes)
     self._check_target()
     self.tx = create_optimizer(config, self.schedules, self.update_every,
-                               self.schedule_steps)
+                               self.schedule_steps, self.structure)
 
   def _prunable_shapes(self):
     shapes = jax.eval_shape(
@@ -93,7 +100,8 @@ class Run:
             f"divides into groups of {structure.m}, so nothing could be "
             "pruned; choose an N:M whose M divides the layers' inputs (e.g. "
             "2:4)")
-      check_target(self.config, self.steps_per_epoch, prunable)
+      check_target(self.config, self.schedules.sparsity, self.update_every,
+                   prunable)
 
   def initial_state(self) -> TrainState:
     rng = jax.random.key(self.config.seed)
@@ -133,8 +141,9 @@ class Run:
     return optg.refresh_due(step, self.update_every, self.schedule_steps)
 
   def trained_masks(self, state):
-    """The masks the last step trained with (placed), or None: dense."""
-    return shipped_masks(self.sparse, state.opt_state)
+    """The masks the last step trained with (placed like `state`, on the
+    devices or the host), or None: dense."""
+    return trained_masks(self.sparse, state.opt_state)
 
   def scheduled_sparsity(self, done: int) -> float:
     """The scheduled sparsity of the masks the first `done` steps ended

@@ -11,8 +11,8 @@ import optax
 
 import optg_jax as optg
 from optg_jax import models
-from optg_jax.harness.config import structure_of
-from optg_jax.harness.config import target_sparsity
+from optg_jax import nm
+from optg_jax.harness.config import as_config_error
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -41,64 +41,85 @@ class Schedules(flax.struct.PyTreeNode):
   mask_learning_rate: Any = flax.struct.field(pytree_node=False)
 
 
-def create_schedules(config, steps_per_epoch: int) -> Schedules:
+def create_schedules(config, steps_per_epoch: int,
+                     target: float) -> Schedules:
   """Warm-up + cosine learning rate, sigmoid sparsity, coupled mask lr.
 
   `config.lr_schedule` "epochwise_cosine" is the reference's learning rate,
   set once per epoch (`optg.epochwise_cosine_schedule`); "warmup_cosine" is
   optax's per-step linear warm-up from 0 and a cosine over the remaining
-  steps. The mask learning rate follows the chosen one.
+  steps. The mask learning rate follows the chosen one. The library's
+  refusals are `ConfigError`s naming the config field.
+
+  Args:
+    config: the run's config.
+    steps_per_epoch: optimizer steps per epoch.
+    target: the run's target sparsity (`target_sparsity`; a dense run has
+      no sparsity schedule).
   """
   base_lr = config.learning_rate
   if config.lr_reference_batch_size:
     base_lr = base_lr * config.batch_size / config.lr_reference_batch_size
-  total_steps = config.num_epochs * steps_per_epoch
+  schedule_steps = config.num_epochs * steps_per_epoch
   if config.lr_schedule == "epochwise_cosine":
-    learning_rate = optg.epochwise_cosine_schedule(
-        base_lr, config.num_epochs, steps_per_epoch,
-        warmup_epochs=config.warmup_epochs)
+    with as_config_error(total_epochs="num_epochs",
+                         warmup_epochs="warmup_epochs",
+                         base_lr="learning_rate"):
+      learning_rate = optg.epochwise_cosine_schedule(
+          base_lr, config.num_epochs, steps_per_epoch,
+          warmup_epochs=config.warmup_epochs)
   else:
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     learning_rate = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
-        decay_steps=total_steps, end_value=0.0)
+        decay_steps=schedule_steps, end_value=0.0)
   if config.method == "dense":
     sparsity = lambda step: jnp.float32(0.0)
     mask_lr = lambda step: jnp.float32(0.0)
   else:
-    target = target_sparsity(config)
-    sparsity = optg.sigmoid_sparsity_schedule(
-        target, config.num_epochs, steps_per_epoch, beta=config.beta,
-        granularity=config.sparsity_granularity)
-    mask_lr = optg.supermask_learning_rate(learning_rate, sparsity, target)
+    with as_config_error(target="sparsity", total_epochs="num_epochs",
+                         beta="beta", granularity="sparsity_granularity"):
+      sparsity = optg.sigmoid_sparsity_schedule(
+          target, config.num_epochs, steps_per_epoch, beta=config.beta,
+          granularity=config.sparsity_granularity)
+      mask_lr = optg.supermask_learning_rate(learning_rate, sparsity, target)
   return Schedules(learning_rate=learning_rate, sparsity=sparsity,
                    mask_learning_rate=mask_lr)
 
 
 def create_optimizer(config, schedules: Schedules, update_every: int,
-                     total_steps: int) -> optax.GradientTransformation:
+                     schedule_steps: int, structure: Optional[nm.NM]
+                     ) -> optax.GradientTransformation:
   """`mask_transform -> add_decayed_weights -> sgd(momentum)`.
+
+  The library's refusals of the config's values (`mask_transform`'s) are
+  `ConfigError`s naming the config field: an N:M `structure` with a
+  `min_kept_per_unit`, for one.
 
   Args:
     config: the run's config.
     schedules: from `create_schedules`.
     update_every: the refresh period in steps.
-    total_steps: the steps of the whole run (`num_epochs`): no refresh
-      after the last, whose masks are the model (`num_train_steps` only
-      stops a run early).
+    schedule_steps: the steps of the whole schedule (`num_epochs`): no
+      refresh after the last, whose masks are the model (`num_train_steps`
+      only stops a run early).
+    structure: the N:M pattern (`structure_of`), or None.
   """
   chain = []
   if config.method != "dense":
-    structure = structure_of(config)
-    chain.append(optg.mask_transform(
-        schedules.sparsity, schedules.mask_learning_rate,
-        momentum=config.mask_momentum, update_every=update_every,
-        criterion=config.method,
-        score_normalization=config.score_normalization or None,
-        # N:M keeps n of every m inputs of each unit: the floor is implied.
-        min_kept_per_unit=0 if structure else config.min_kept_per_unit,
-        structure=structure, indivisible="dense", total_steps=total_steps,
-        topk_layout=config.topk_layout))
+    with as_config_error(criterion="method", momentum="mask_momentum",
+                         score_normalization="score_normalization",
+                         min_kept_per_unit="min_kept_per_unit",
+                         update_every="update_every_steps",
+                         layout="topk_layout", total_steps="num_epochs"):
+      chain.append(optg.mask_transform(
+          schedules.sparsity, schedules.mask_learning_rate,
+          momentum=config.mask_momentum, update_every=update_every,
+          criterion=config.method,
+          score_normalization=config.score_normalization or None,
+          min_kept_per_unit=config.min_kept_per_unit, structure=structure,
+          indivisible="dense", total_steps=schedule_steps,
+          topk_layout=config.topk_layout))
   chain += [
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedules.learning_rate, momentum=config.momentum,
@@ -112,7 +133,7 @@ def current_masks(sparse: bool, opt_state):
   return optg.get_masks(opt_state) if sparse else None
 
 
-def shipped_masks(sparse: bool, opt_state):
+def trained_masks(sparse: bool, opt_state):
   """The masks the last step trained with, or None for a dense run.
 
   The model a run reports, evaluates and ships: the refresh after a step

@@ -127,8 +127,9 @@ def eval_step(state: TrainState, masks, batch, *, model,
 
   Summed over the replicas of a pmapped step (`axis_name`); under
   `jax.jit` (`axis_name=None`) the batch is global. The weights are masked
-  with `masks` (None: a dense run), which need not be the state's: an evaluation between epochs uses the masks the epoch trained
-  with, not those the refresh after its last step has just drawn.
+  with `masks` (None: a dense run), which need not be the state's: an
+  evaluation between epochs uses the masks the epoch trained with, not
+  those the refresh after its last step has just drawn.
   """
   masked = state.params if masks is None else optg.apply_masks(state.params,
                                                                masks)

@@ -12,8 +12,6 @@ import numpy as np
 import optg_jax as optg
 from optg_jax import flops
 from optg_jax import nm
-from optg_jax.harness.config import structure_of
-from optg_jax.harness.state import shipped_masks
 
 
 def collapse_findings(report, input_layer: Optional[str],
@@ -93,11 +91,20 @@ def model_layers(model, variables, image_shape):
   return [layer.path for layer in macs.per_layer]
 
 
-def model_summary(config, model, state, image_shape):
+def model_summary(model, state, image_shape, masks,
+                  structure: Optional[nm.NM]):
   """Actual sparsity, MACs and the per-layer table of the model the host
-  state ships (the masks its last step trained with)."""
+  state ships.
+
+  Args:
+    model: the Flax model.
+    state: the host state (weights and batch statistics).
+    image_shape: the shape of one input image.
+    masks: the host masks the run ships (`Run.trained_masks`: those its
+      last step trained with), or None for a dense run.
+    structure: the run's N:M pattern, or None.
+  """
   params = state.params
-  masks = shipped_masks(config.method != "dense", state.opt_state)
   variables = {"params": params, "batch_stats": state.batch_stats}
   macs = flops.count_macs(model, variables, (1,) + tuple(image_shape),
                           masks=masks)
@@ -111,9 +118,8 @@ def model_summary(config, model, state, image_shape):
   order = [layer.path for layer in macs.per_layer]
   findings = collapse_findings(report, order[0] if order else None,
                                order[-1] if order else None)
-  structure = structure_of(config) if masks is not None else None
   nm_figures, nm_note = {}, ""
-  if structure is not None:
+  if structure is not None and masks is not None:
     nm_kernels, dense_layers = nm_layers(masks, structure)
     nm_figures = {"structure": str(structure), "nm_layers": nm_kernels,
                   "dense_layers": dense_layers}
@@ -193,8 +199,9 @@ def run_summary(run, state_host, eval_metrics, wall_time):
   """`summary.json`'s figures of the model the host state ships, and its
   per-layer table (`sparsity.txt`)."""
   config = run.config
-  model_figures, table = model_summary(config, run.model, state_host,
-                                        run.info.image_shape)
+  model_figures, table = model_summary(
+      run.model, state_host, run.info.image_shape,
+      run.trained_masks(state_host), run.structure)
   final_step = int(state_host.step)
   summary = {
       **{k: float(v) for k, v in eval_metrics.items()
