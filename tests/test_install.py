@@ -91,3 +91,79 @@ def test_require_names_every_missing_package():
   assert str(raised.value) == (
       "optg_jax.x needs the training extra (no_such_package_a, no_such.sub "
       "not installed): pip install 'optg_jax[train]'")
+
+
+def _module_imports(path: str, name: str, modules) -> set:
+  """The optg_jax modules a module imports when it is imported (its
+  top-level statements; imports inside functions run later)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+  found = set()
+  for node in tree.body:
+    for sub in ast.walk(node):
+      if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        break
+      if isinstance(sub, ast.Import):
+        found.update(a.name for a in sub.names)
+      elif isinstance(sub, ast.ImportFrom):
+        base = sub.module or ""
+        if sub.level:
+          base = ".".join(package.split(".")[:len(package.split(".")) -
+                                             sub.level + 1] + [base]).strip(".")
+        found.add(base)
+        found.update(f"{base}.{a.name}" for a in sub.names)
+  return {m for m in found if m in modules and m != name}
+
+
+def _optg_modules():
+  modules = {}
+  for folder, _, files in os.walk(os.path.join(ROOT, "optg_jax")):
+    for file in files:
+      if file.endswith(".py"):
+        path = os.path.join(folder, file)
+        rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+        modules[rel.removesuffix(".__init__")] = path
+  return modules
+
+
+def test_no_import_circle_and_the_library_imports_no_harness():
+  modules = _optg_modules()
+  graph = {name: _module_imports(path, name, modules)
+           for name, path in modules.items()}
+  # A package's __init__ runs before any of its modules: not a circle.
+  for name in graph:
+    graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+  done, stack = set(), []
+
+  def visit(name):
+    if name in stack:
+      raise AssertionError("import circle: " + " -> ".join(
+          stack[stack.index(name):] + [name]))
+    if name in done:
+      return
+    stack.append(name)
+    for other in sorted(graph[name]):
+      visit(other)
+    stack.pop()
+    done.add(name)
+
+  for name in sorted(graph):
+    visit(name)
+  parts = ("optg_jax.harness", "optg_jax.studies", "optg_jax.data",
+           "optg_jax.models", "optg_jax.train")
+  library = [n for n in graph if n != "optg_jax.flops" and
+             not n.startswith(parts)]
+  assert len(library) >= 15
+  for name in library:
+    assert not {m for m in graph[name] if m.startswith(parts)}, name
+
+
+def test_no_module_over_600_lines():
+  lengths = {}
+  for name, path in _optg_modules().items():
+    with open(path) as f:
+      lengths[name] = len(f.read().splitlines())
+  assert len(lengths) > 40
+  assert {n: k for n, k in lengths.items() if k > 600} == {}

@@ -501,8 +501,7 @@ def info(config) -> common.DatasetInfo:
   builder = _builder(config)
   image_size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
   return common.DatasetInfo(
-      name=NAME,
-      num_classes=NUM_CLASSES,
+      name=NAME, num_classes=NUM_CLASSES,
       image_shape=(image_size, image_size, 3),
       num_train=_split_size(builder, "train"),
       num_eval=_split_size(builder, "validation"))
@@ -512,14 +511,11 @@ def _read(builder, split: str, shuffle_seed=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   read_config = tfds.ReadConfig(
-      shuffle_seed=shuffle_seed,
-      shuffle_reshuffle_each_iteration=False,
+      shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False,
       options=common.dataset_options())
   return builder.as_dataset(
-      split=split,
-      shuffle_files=shuffle_seed is not None,
-      read_config=read_config,
-      decoders={"image": tfds.decode.SkipDecoding()})
+      split=split, shuffle_files=shuffle_seed is not None,
+      read_config=read_config, decoders={"image": tfds.decode.SkipDecoding()})
 
 
 def train_epoch_fn(config, *, process_index: int, process_count: int,
