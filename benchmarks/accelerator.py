@@ -273,6 +273,10 @@ def main():
                       help="float32 compute on an accelerator too")
   parser.add_argument("--skip_training", action="store_true")
   args = parser.parse_args()
+  try:
+    models.create(args.model, num_classes=1000)  # Builds no weights.
+  except ValueError as e:
+    parser.error(f"--model: {e}")
   if args.warmup_steps < 1:
     parser.error("--warmup_steps must be at least 1 (it compiles the step)")
   if not 0.0 <= args.sparsity < 1.0:

@@ -25,6 +25,7 @@ import optax
 
 from optg_jax import masks as masks_lib
 from optg_jax import transform
+from optg_jax.tree import path_to_str
 
 PyTree = Any
 
@@ -41,6 +42,64 @@ class KeepSparseState(NamedTuple):
 
 def _is_none(x) -> bool:
   return x is None
+
+
+_INIT_THESE = "init the optimizer with the params you update"
+
+
+def _listed(paths, most: int = 3) -> str:
+  names = [path_to_str(p) for p in paths]
+  more = f", ... ({len(names)} in all)" if len(names) > most else ""
+  return ", ".join(names[:most]) + more
+
+
+def _short(treedef, most: int = 100) -> str:
+  text = str(treedef)
+  return text if len(text) <= most else text[:most] + "..."
+
+
+def _check_like_init(params: PyTree, dense: PyTree) -> None:
+  """Refuses params of another tree, or another leaf shape, than at init.
+
+  `dense` (`KeepSparseState.dense`) has the structure of the params given
+  to `init` (None at the leaves that are not pruned) and, elsewhere, their
+  shapes. Tree structures and shapes are static: under `jit` this runs at
+  trace time only.
+
+  Raises:
+    ValueError: naming `keep_sparse`, the leaf paths (or the two tree
+      structures) or the shapes, and the fix.
+  """
+  treedef = jax.tree.structure(dense, is_leaf=_is_none)
+  try:
+    leaves = treedef.flatten_up_to(params)  # What `jax.tree.map` accepts.
+  except (ValueError, TypeError):
+    at_init = [p for p, _ in
+               jax.tree_util.tree_flatten_with_path(dense, is_leaf=_is_none)[0]]
+    given = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    extra = [p for p in given if p not in at_init]
+    missing = [p for p in at_init if p not in given]
+    if extra or missing:
+      detail = "; ".join(
+          ([f"they have {_listed(extra)}, not at init"] if extra else []) +
+          ([f"they lack {_listed(missing)}"] if missing else []))
+    else:
+      detail = (f"they are {_short(jax.tree.structure(params))}, at init "
+                f"{_short(treedef)}")
+    raise ValueError(f"keep_sparse: update got params of another tree than "
+                     f"init did ({detail}); {_INIT_THESE}") from None
+  wrong = [i for i, (p, d) in enumerate(zip(
+      leaves, jax.tree.leaves(dense, is_leaf=_is_none)))
+           if d is not None and jnp.shape(p) != jnp.shape(d)]
+  if wrong:
+    path, d = jax.tree_util.tree_flatten_with_path(
+        dense, is_leaf=_is_none)[0][wrong[0]]
+    more = (f" ({len(wrong)} leaves have other shapes)" if len(wrong) > 1
+            else "")
+    raise ValueError(
+        f"keep_sparse: update got params leaf {path_to_str(path)} of shape "
+        f"{tuple(jnp.shape(leaves[wrong[0]]))}, but {tuple(jnp.shape(d))} "
+        f"at init{more}; {_INIT_THESE}")
 
 
 def keep_sparse(inner: optax.GradientTransformation
@@ -77,7 +136,9 @@ def keep_sparse(inner: optax.GradientTransformation
 
   Raises:
     ValueError: at `init`, if `inner` holds no `mask_transform`, or not as
-      its first transformation.
+      its first transformation; at `update`, for params of another tree
+      structure or leaf shape than those given to `init` (checked when
+      traced: nothing per step under `jit`).
   """
   inner = optax.with_extra_args_support(inner)
 
@@ -95,6 +156,7 @@ def keep_sparse(inner: optax.GradientTransformation
                        "update(updates, state, params)")
     updates, params = transform.unwrap_nnx(updates), transform.unwrap_nnx(
         params)
+    _check_like_init(params, state.dense)
     old_masks = masks_lib.get_masks(state.inner)
     dense = jax.tree.map(
         lambda m, p, d: p if m is None else jnp.where(m, p, d),

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from optg_jax import models
 from optg_jax import topk
 import runs
 
@@ -56,3 +57,19 @@ def test_accelerator_benchmark_refuses_bad_flags(flag):
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(
       "accelerator.py: error: "), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("skip_training", [["--skip_training"], []],
+                         ids=["skip_training", "with_training"])
+def test_accelerator_benchmark_refuses_an_unknown_model_before_any_work(
+    skip_training):
+  result = subprocess.run(
+      [sys.executable, os.path.join(runs.ROOT, "benchmarks", "accelerator.py"),
+       "--model=resnet9000"] + skip_training,
+      capture_output=True, text=True, timeout=120, env=runs.device_env(1))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      "accelerator.py: error: --model: unknown model 'resnet9000'; valid "
+      f"models: {', '.join(models.names())}"), result.stderr[-2000:]
+  assert result.stdout == ""  # Refused before the backend line and top-k.

@@ -10,6 +10,7 @@ import warnings
 
 from flax import linen as nn
 from flax import nnx
+from flax.core import freeze
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -238,6 +239,59 @@ def test_trained_params_after_a_refresh_are_the_masks_the_period_trained():
   for t_leaf, d, m in zip(kernels(trained), kernels(state.dense),
                           kernels(masks_in_force)):
     np.testing.assert_array_equal(t_leaf, np.where(m, d, 0))
+
+
+def _update_eagerly_and_jitted(tx, state, params):
+  """The ValueError messages of `tx.update` op by op and under `jit`."""
+  grads = jax.tree.map(jnp.zeros_like, params)
+  messages = []
+  for update in (tx.update, jax.jit(tx.update)):
+    with pytest.raises(ValueError) as e:
+      update(grads, state, params)
+    messages.append(str(e.value))
+  return messages
+
+
+FIX = "init the optimizer with the params you update"
+
+
+def test_keep_sparse_update_with_params_of_another_tree_names_the_leaves():
+  params = mlp().init(jax.random.key(0), jnp.zeros((1, 16)))["params"]
+  tx = optg.keep_sparse(chain())
+  state = tx.init(params)
+  deeper = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(32), nn.relu,
+                          nn.Dense(10)]).init(jax.random.key(0),
+                                              jnp.zeros((1, 16)))["params"]
+  assert _update_eagerly_and_jitted(tx, state, deeper) == 2 * [
+      "keep_sparse: update got params of another tree than init did (they "
+      f"have layers_4/bias, layers_4/kernel, not at init); {FIX}"]
+  assert _update_eagerly_and_jitted(
+      tx, state, {"layers_0": params["layers_0"]}) == 2 * [
+          "keep_sparse: update got params of another tree than init did "
+          f"(they lack layers_2/bias, layers_2/kernel); {FIX}"]
+  # The same leaf paths in other containers: the two structures, shortly.
+  message, = set(_update_eagerly_and_jitted(tx, state, freeze(params)))
+  assert message.startswith(
+      "keep_sparse: update got params of another tree than init did (they "
+      "are PyTreeDef(CustomNode(FrozenDict["), message
+  assert ("at init PyTreeDef({'layers_0': {'bias': *, 'kernel': *}, "
+          "'layers_2': {'bias': *, 'kernel': *}})); " + FIX) in message
+  assert message.endswith(FIX) and len(message) < 400
+
+
+def test_keep_sparse_update_with_a_leaf_of_another_shape_names_it():
+  params = mlp().init(jax.random.key(0), jnp.zeros((1, 16)))["params"]
+  tx = optg.keep_sparse(chain())
+  state = tx.init(params)
+  wider = mlp().init(jax.random.key(0), jnp.zeros((1, 12)))["params"]
+  assert _update_eagerly_and_jitted(tx, state, wider) == 2 * [
+      "keep_sparse: update got params leaf layers_0/kernel of shape "
+      f"(12, 32), but (16, 32) at init; {FIX}"]
+  other = nn.Sequential([nn.Dense(24), nn.relu, nn.Dense(10)]).init(
+      jax.random.key(0), jnp.zeros((1, 16)))["params"]
+  assert _update_eagerly_and_jitted(tx, state, other) == 2 * [
+      "keep_sparse: update got params leaf layers_0/kernel of shape "
+      f"(16, 24), but (16, 32) at init (2 leaves have other shapes); {FIX}"]
 
 
 @pytest.mark.parametrize("wrong", [

@@ -11,10 +11,11 @@ import runs
 
 
 def test_study_method_with_an_nm_pattern():
-  assert study.parse_method("optg+2:4") == {"method": "optg",
-                                            "structure": "2:4"}
+  assert study.parse_method("optg+2:4") == {
+      "method": "optg", "structure": "2:4", "min_kept_per_unit": 0}
   assert study.parse_method("magnitude+every1+1:4") == {
-      "method": "magnitude", "update_every_steps": 1, "structure": "1:4"}
+      "method": "magnitude", "update_every_steps": 1, "structure": "1:4",
+      "min_kept_per_unit": 0}
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -40,6 +40,62 @@ def test_parse_method_modifiers():
       study.parse_method(bad)
 
 
+@pytest.mark.parametrize("method,first,second,kind", [
+    ("optg+every8+epoch", "every8", "epoch", "refresh period"),
+    ("optg+every8+every16", "every8", "every16", "refresh period"),
+    ("magnitude+epoch+floor1+every1", "epoch", "every1", "refresh period"),
+    ("optg+stepwise+epochwise", "stepwise", "epochwise",
+     "sparsity granularity"),
+    ("optg+2:4+3:4", "2:4", "3:4", "N:M structure"),
+    ("optg+floor1+floor2", "floor1", "floor2", "unit floor"),
+    ("taylor+rms+rms", "rms", "rms", "score normalization"),
+])
+def test_a_method_takes_one_modifier_of_each_kind(method, first, second,
+                                                  kind):
+  with pytest.raises(study.StudyError) as e:
+    study.parse_method(method)
+  assert str(e.value) == (
+      f"method {method!r}: {first} and {second} both set the {kind}; a "
+      "method takes one of each kind, keep one")
+  assert e.value.code == study.EXIT_BAD_INPUT == 2
+  with pytest.raises(study.StudyError, match="both set the"):
+    study.plan([method], [0.9], [0])
+
+
+@pytest.mark.parametrize("structure", ["4:2", "2:2", "0:4", "2:0", "0:0"])
+def test_an_nm_method_needs_n_below_m(structure):
+  with pytest.raises(study.StudyError) as e:
+    study.parse_method(f"optg+{structure}")
+  assert str(e.value) == (
+      f"method 'optg+{structure}': structure {structure} is not N:M with "
+      "0 < N < M (N weights kept of every M), e.g. 2:4")
+  assert e.value.code == 2
+  assert study.parse_method("optg+1:4") == {
+      "method": "optg", "structure": "1:4", "min_kept_per_unit": 0}
+  assert study.structure_sparsity("magnitude+2:4+every8") == 0.5
+
+
+@pytest.mark.parametrize("method", ["optg+2:4+floor1", "optg+floor1+2:4"])
+def test_an_nm_method_takes_no_unit_floor(method):
+  with pytest.raises(study.StudyError) as e:
+    study.parse_method(method)
+  assert str(e.value) == (
+      f"method {method!r}: 2:4 keeps N of every M inputs of each unit, a "
+      "unit floor (floor1) does not apply; keep one")
+  assert e.value.code == 2
+
+
+def test_the_refresh_period_modifiers_are_those_period_family_drops():
+  """`report.period_family` and `parse_method` agree on which modifiers
+  set the refresh period."""
+  for modifier in ("every1", "every8", "epoch", "stepwise", "epochwise",
+                   "floor1", "rms", "2:4"):
+    sets_period = "update_every_steps" in study.parse_method(
+        f"optg+{modifier}")
+    assert (study.period_family(f"optg+{modifier}") == "optg") == (
+        sets_period), modifier
+
+
 def test_plan_runs_dense_once_per_seed():
   plan = study.plan(["optg", "dense"], [0.9, 0.99], [0, 1])
   run = study.StudyRun
@@ -423,14 +479,21 @@ def test_two_run_study_end_to_end(tmp_path):
   assert not (interrupted / "results.csv").exists()
 
 
-def test_study_bad_method_is_one_error_line(tmp_path):
+@pytest.mark.parametrize("method,message", [
+    ("optg+sometimes", "unknown modifier 'sometimes'"),
+    ("optg+every8+epoch", "every8 and epoch both set the refresh period"),
+    ("optg+4:2", "structure 4:2 is not N:M with 0 < N < M"),
+])
+def test_study_bad_method_is_one_error_line(tmp_path, method, message):
   result = subprocess.run(
       [sys.executable, "launch/study.py", "--config=configs/quickstart.py",
-       "--methods=optg+sometimes", f"--workdir={tmp_path / 's'}"],
+       f"--methods={method}", f"--workdir={tmp_path / 's'}"],
       cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2
-  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "sometimes" in errors[0]
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.splitlines() == [
+      l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(result.stderr.splitlines()) == 1, result.stderr
+  assert message in result.stderr
   assert not (tmp_path / "s").exists()
 
 

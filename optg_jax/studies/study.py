@@ -19,9 +19,13 @@ config fields:
   epochwise  the sparsity is set once an epoch (the paper's)
   floor<N>   every output unit keeps N input weights (`min_kept_per_unit`)
   rms        rank layer-RMS-normalised scores (`score_normalization`)
+  N:M        N:M masks, N kept of every M weights, 0 < N < M (`structure`,
+             and `min_kept_per_unit=0`: no floor with a structure)
 
 e.g. "optg+every1", "magnitude+every1", "optg+epoch+floor1". Without a
-modifier the config's own fields stand.
+modifier the config's own fields stand. A method takes one modifier of each
+kind: every<N> or epoch (the refresh period), stepwise or epochwise, one
+floor, one N:M ("optg+every8+epoch" is refused).
 
 The grid is canonical: repeated seeds or sparsities are run once, two
 sparsities closer than the harness's target tolerance are refused (no run
@@ -54,6 +58,7 @@ import time
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
+from optg_jax import nm
 from optg_jax.harness import files
 # The tables, plots and document sections of a study's results.
 from optg_jax.studies.report import aggregate  # noqa
@@ -75,16 +80,24 @@ RESULT_FIELDS = ("method", "sparsity", "seed", "refresh_period",
                  "dense_macs", "collapsed_layers", "dead_units",
                  "fatal_collapse", "wall_time_s", "steps", "status")
 
+# (pattern, kind, config fields): a method takes one modifier of each kind.
 _MODIFIERS = (
-    (re.compile(r"every(\d+)$"), lambda m: {"update_every_steps":
-                                            int(m.group(1))}),
-    (re.compile(r"epoch$"), lambda m: {"update_every_steps": 0}),
-    (re.compile(r"stepwise$"), lambda m: {"sparsity_granularity": "step"}),
-    (re.compile(r"epochwise$"), lambda m: {"sparsity_granularity": "epoch"}),
-    (re.compile(r"floor(\d+)$"), lambda m: {"min_kept_per_unit":
-                                            int(m.group(1))}),
-    (re.compile(r"rms$"), lambda m: {"score_normalization": "layer_rms"}),
-    (re.compile(r"(\d+):(\d+)$"), lambda m: {"structure": m.group(0)}),
+    (re.compile(r"every(\d+)$"), "refresh period",
+     lambda m: {"update_every_steps": int(m.group(1))}),
+    (re.compile(r"epoch$"), "refresh period",
+     lambda m: {"update_every_steps": 0}),
+    (re.compile(r"stepwise$"), "sparsity granularity",
+     lambda m: {"sparsity_granularity": "step"}),
+    (re.compile(r"epochwise$"), "sparsity granularity",
+     lambda m: {"sparsity_granularity": "epoch"}),
+    (re.compile(r"floor(\d+)$"), "unit floor",
+     lambda m: {"min_kept_per_unit": int(m.group(1))}),
+    (re.compile(r"rms$"), "score normalization",
+     lambda m: {"score_normalization": "layer_rms"}),
+    # N:M keeps N of every M inputs of each unit: no unit floor (the
+    # transform refuses one with a structure).
+    (re.compile(r"(\d+):(\d+)$"), "N:M structure",
+     lambda m: {"structure": m.group(0), "min_kept_per_unit": 0}),
 )
 
 
@@ -113,28 +126,45 @@ def parse_method(spec: str) -> Dict[str, Any]:
     `{"method": base, other fields...}`.
 
   Raises:
-    StudyError: for an unknown base method or modifier, or a modifier on
-      "dense".
+    StudyError: for an unknown base method or modifier, a modifier on
+      "dense", two modifiers of one kind (`optg+every8+epoch`), every0, or
+      an N:M structure without 0 < N < M.
   """
   base, *modifiers = spec.split("+")
   if base not in BASE_METHODS:
     raise StudyError(f"unknown method {spec!r}: it must start with one of "
                      f"{', '.join(BASE_METHODS)}")
-  fields = {"method": base}
+  if base == "dense" and modifiers:
+    raise StudyError(f"method {spec!r}: dense runs take no modifiers")
+  fields, kinds = {"method": base}, {}
   for modifier in modifiers:
-    for pattern, to_fields in _MODIFIERS:
+    for pattern, kind, to_fields in _MODIFIERS:
       match = pattern.match(modifier)
       if match:
-        fields.update(to_fields(match))
         break
     else:
       raise StudyError(f"unknown modifier {modifier!r} in method {spec!r}; "
                        "valid: every<N>, epoch, stepwise, epochwise, "
                        "floor<N>, rms, N:M")
-  if base == "dense" and modifiers:
-    raise StudyError(f"method {spec!r}: dense runs take no modifiers")
+    if kind in kinds:
+      raise StudyError(f"method {spec!r}: {kinds[kind]} and {modifier} both "
+                       f"set the {kind}; a method takes one of each kind, "
+                       "keep one")
+    kinds[kind] = modifier
+    fields.update(to_fields(match))
+  if "unit floor" in kinds and "N:M structure" in kinds:
+    raise StudyError(f"method {spec!r}: {kinds['N:M structure']} keeps N of "
+                     "every M inputs of each unit, a unit floor "
+                     f"({kinds['unit floor']}) does not apply; keep one")
   if any(re.fullmatch(r"every0+", m) for m in modifiers):
     raise StudyError(f"method {spec!r}: every<N> needs N >= 1")
+  if "structure" in fields:
+    try:
+      nm.NM.parse(fields["structure"])
+    except ValueError:
+      raise StudyError(f"method {spec!r}: structure {fields['structure']} "
+                       "is not N:M with 0 < N < M (N weights kept of every "
+                       "M), e.g. 2:4") from None
   return fields
 
 
