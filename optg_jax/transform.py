@@ -33,6 +33,7 @@ from optg_jax import nm
 from optg_jax import schedules
 from optg_jax import topk
 from optg_jax.transform_checks import check_refresh
+from optg_jax.transform_checks import check_schedules
 from optg_jax.transform_checks import checked_options
 from optg_jax.transform_checks import checked_period
 from optg_jax.transform_checks import CRITERIA  # Public here too.
@@ -343,8 +344,18 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       evaluated at `t + 1` for the refresh after step `t`. Not an array:
       `optax.inject_hyperparams` would evaluate a schedule at `t`, one
       refresh late; pass it `static_args=optg.STATIC_ARGS`.
-    mask_learning_rate: the scores' learning rate, a number or a schedule
-      (see `supermask_learning_rate`). Used by "optg" only.
+    mask_learning_rate: the scores' learning rate, a number >= 0 or a
+      schedule (see `supermask_learning_rate`). Used by "optg" only.
+
+      Both are checked here, on the host, even when `mask_transform` is
+      built inside a traced function: a number (NaN, a negative rate, a
+      sparsity outside [0, 1) is a ValueError) and, with `total_steps`
+      known, a schedule at every step of the run (the first step where it
+      is non-finite or out of range is named; `check_schedules`). Trusted
+      in the compiled step: a schedule of a run whose `total_steps` is not
+      known (it cannot be checked) or that cannot run on the host, and a
+      traced value, such as the rate `optax.inject_hyperparams` passes
+      from inside `jax.jit`.
     momentum: the scores' momentum (no Nesterov). Used by "optg" only.
     update_every: refresh the masks when `(t + 1) % update_every == 0`; the
       reference refreshes once per epoch. None: 1, every step.
@@ -399,7 +410,8 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
       (its masks would be trained by no step). None: the sparsity schedule's
       own `total_steps` when it has one (`sigmoid_sparsity_schedule`'s:
       epochs x steps per epoch), else unbounded. When it is known, a run
-      whose masks are never refreshed before the end is a ValueError, and a
+      whose masks are never refreshed before the end is a ValueError, its
+      schedules are checked at each of its steps (see above), and a
       `sigmoid_sparsity_schedule` whose last trained masks fall short of
       its target by more than `TARGET_TOLERANCE` is a warning naming the
       `beta` or number of epochs that would reach it.
@@ -450,6 +462,7 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
   min_kept_per_unit, structure = checked_options(
       sparsity, momentum, criterion, score_normalization, min_kept_per_unit,
       axis_name, structure, indivisible)
+  check_schedules(sparsity, mask_learning_rate, total_steps, criterion)
   where = default_where if where is None else where
   update_scores = functools.partial(
       score_update, criterion=criterion, momentum=momentum,

@@ -4,6 +4,7 @@ Each refuses an invalid value with a ValueError whose one-line message names
 the fix (with `optax.inject_hyperparams`: which `static_args` to pass).
 """
 
+import functools
 import warnings
 
 import jax
@@ -142,3 +143,70 @@ def checked_period(sparsity, update_every, total_steps):
     if message:
       warnings.warn(f"mask_transform: {message}", stacklevel=3)
   return update_every, total_steps
+
+
+# What `check_schedules` allows: the words of its messages, and the test of
+# an array of values.
+_ALLOWED = {
+    "sparsity": ("a number in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "mask_learning_rate": ("a finite number >= 0",
+                           lambda v: np.isfinite(v) & (v >= 0)),
+}
+
+
+def check_schedules(sparsity, mask_learning_rate, total_steps,
+                    criterion) -> None:
+  """Refuses a sparsity or scores' learning rate out of range at a step.
+
+  A number (or a concrete array, as `optax.inject_hyperparams` passes) is
+  checked as it is: the sparsity by `topk.num_to_keep` in
+  `checked_options`, the learning rate here (finite and >= 0; "optg" only,
+  the other criteria do not read it). A schedule is evaluated on the host
+  (`schedules.values_on_host`) at every step the run can ask it for, when
+  `total_steps` is known: the sparsity at the refreshes' steps 1 to
+  `total_steps - 1`, the learning rate at the updates' 0 to `total_steps -
+  1`. Trusted: a traced value, a schedule of a run of unknown length, one
+  that cannot be evaluated on the host.
+  """
+  if criterion == "optg" and not callable(mask_learning_rate):
+    value = mask_learning_rate
+    if not is_traced(value):
+      array = np.asarray(value)
+      if (array.dtype.kind not in "fiu" or
+          not _ALLOWED["mask_learning_rate"][1](array).all()):
+        shown = array.item() if array.dtype.kind in "fiu" else value
+        raise ValueError(f"mask_learning_rate must be a finite number >= 0 "
+                         f"or a schedule, got {shown!r}")
+  if total_steps is None:
+    return  # The run's steps are unknown: nothing to evaluate.
+  for name, schedule, start in (("sparsity", sparsity, 1),
+                                ("mask_learning_rate", mask_learning_rate,
+                                 0)):
+    if not callable(schedule) or (name != "sparsity" and
+                                  criterion != "optg"):
+      continue
+    try:
+      bad = _first_bad_step(schedule, name, start, total_steps)
+    except TypeError:  # An unhashable schedule: not cached.
+      bad = _first_bad_step.__wrapped__(schedule, name, start, total_steps)
+    if bad is not None:
+      step, value = bad
+      raise ValueError(
+          f"mask_transform: the {name} schedule gives {value!s} at step "
+          f"{step}, the first of the run's {total_steps} steps where it is "
+          f"not {_ALLOWED[name][0]}")
+
+
+@functools.lru_cache(maxsize=16)  # `inject_hyperparams` rebuilds per step.
+def _first_bad_step(schedule, name, start, stop):
+  """The first step of `[start, stop)` where `schedule` leaves its range,
+  and the value there; None if there is none or it cannot be evaluated."""
+  values = schedules.values_on_host(schedule, start, stop)
+  if values is None:
+    return None
+  valid = _ALLOWED[name][1](values)
+  steps = np.flatnonzero(~valid.all(axis=1))
+  if not len(steps):
+    return None
+  row = steps[0]
+  return start + int(row), values[row][~valid[row]][0]

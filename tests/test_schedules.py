@@ -235,3 +235,57 @@ def test_a_period_that_does_not_divide_the_run_ships_its_last_refresh(
   message = optg.schedules.shortfall_message(schedule, 1000)
   assert "drawn after step 2000 of 2574" in message
   assert "refreshes in the last epoch (at most 429" in message
+
+
+def test_integral_float_counts_are_their_ints():
+  # Flax configs give `num_epochs = 6.0`: the same schedule as 6.
+  want = optg.sigmoid_sparsity_schedule(0.9, 6, 10, beta=2.0)
+  for epochs, per_epoch in ((6.0, 10.0), (np.float64(6), np.float32(10))):
+    got = optg.sigmoid_sparsity_schedule(0.9, epochs, per_epoch, beta=2.0)
+    assert got == want and type(got.total_epochs) is int
+    assert got.total_steps == 60 and type(got.total_steps) is int
+    np.testing.assert_array_equal(jax.vmap(got)(jnp.arange(70)),
+                                  jax.vmap(want)(jnp.arange(70)))
+  lr = optg.epochwise_cosine_schedule(0.1, 6, 10, warmup_epochs=2)
+  lr_float = optg.epochwise_cosine_schedule(0.1, 6.0, 10.0, warmup_epochs=2.0)
+  np.testing.assert_array_equal(jax.vmap(lr_float)(jnp.arange(70)),
+                                jax.vmap(lr)(jnp.arange(70)))
+  # Other floats, bools and strings stay refused, with the same message.
+  for bad in (6.5, float("nan"), float("inf"), -6.0, 0.0, True, "6"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"total_epochs must be a positive integer, got {bad!r}")):
+      optg.sigmoid_sparsity_schedule(0.9, bad, 10)
+    with pytest.raises(ValueError, match="total_epochs must be a positive"):
+      optg.epochwise_cosine_schedule(0.1, bad, 10)
+  with pytest.raises(ValueError, match=re.escape(
+      "steps_per_epoch must be a positive integer, got 10.5")):
+    optg.sigmoid_sparsity_schedule(0.9, 6.0, 10.5)
+  with pytest.raises(ValueError, match=re.escape(
+      "warmup_epochs must be an integer in [0, total_epochs=6), got 6.0")):
+    optg.epochwise_cosine_schedule(0.1, 6.0, 10, warmup_epochs=6.0)
+
+
+def test_values_on_host_are_the_values_of_each_step():
+  sparsity = optg.sigmoid_sparsity_schedule(0.9, 90, 5005)
+  mask_lr = optg.supermask_learning_rate(
+      optg.epochwise_cosine_schedule(0.1, 90, 5005), sparsity, 0.9)
+  steps = np.array([0, 1, 5004, 5005, 225224, 225225, 450449])
+  for schedule in (sparsity, mask_lr):
+    values = optg.schedules.values_on_host(schedule, 0, 450450)
+    assert values.shape == (450450, 1) and values.dtype == np.float32
+    # Vectorised, float32 operations may round the last bit otherwise.
+    np.testing.assert_allclose(
+        values[steps, 0], [schedule(jnp.int32(t)) for t in steps],
+        rtol=1e-6)
+  # A constant, a schedule that branches in Python (one call per step), a
+  # range that starts later, an empty one.
+  np.testing.assert_array_equal(
+      optg.schedules.values_on_host(lambda t: 0.5, 2, 5), [[0.5]] * 3)
+  np.testing.assert_array_equal(optg.schedules.values_on_host(
+      lambda t: 0.5 if t < 3 else 0.75, 1, 5)[:, 0], [0.5, 0.5, 0.75, 0.75])
+  assert optg.schedules.values_on_host(lambda t: 0.5, 3, 3).shape == (0, 1)
+
+  def fails(step):
+    raise RuntimeError("not on the host")
+
+  assert optg.schedules.values_on_host(fails, 0, 4) is None

@@ -683,3 +683,107 @@ def test_bad_refresh_is_refused():
       tx.update(make_grads(1), state, params, refresh=bad)
   with pytest.raises(ValueError, match="a Python bool chosen on the host"):
     jax.jit(tx.update)(make_grads(1), state, params, refresh=True)
+
+
+def _bad_from(step, value, good=0.5):
+  """A jit-traceable schedule: `good` before `step`, `value` from it on."""
+  return lambda t: jnp.where(t >= step, value, good).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("value, shown", [
+    (float("nan"), "nan"), (1.0, "1.0"), (1.1, "1.1"), (-0.5, "-0.5")])
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(update_every=2), dict(structure="2:4")])
+def test_a_sparsity_schedule_out_of_range_is_refused_when_built(
+    value, shown, kwargs):
+  message = re.escape(
+      f"mask_transform: the sparsity schedule gives {shown} at step 3, the "
+      "first of the run's 6 steps where it is not a number in [0, 1)")
+  with pytest.raises(ValueError, match=message):
+    optg.mask_transform(_bad_from(3, value), 0.1, total_steps=6, **kwargs)
+  # The same values from a schedule that branches in Python on the step.
+  stepwise = lambda t: float(value) if t >= 3 else 0.5
+  with pytest.raises(ValueError, match=message):
+    optg.mask_transform(stepwise, 0.1, total_steps=6, **kwargs)
+  # Step 0 (masks start dense) and step 6 (after the run) are never asked:
+  # the run is that of the constant 0.5.
+  want = run_steps(optg.mask_transform(0.5, 0.1, total_steps=6, **kwargs),
+                   6)[1].masks
+  for step in (0, 6):
+    tx = optg.mask_transform(
+        lambda t, s=step: jnp.where(t == s, value, 0.5), 0.1,
+        total_steps=6, **kwargs)
+    for a, b in zip(jax.tree.leaves(run_steps(tx, 6)[1].masks),
+                    jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_a_bad_schedule_is_refused_before_a_jitted_step():
+  bad = _bad_from(4, float("nan"))
+  # Built inside the traced step: checked on the host all the same.
+  step = jax.jit(lambda params: optg.mask_transform(
+      bad, 0.1, total_steps=6).init(params).count)
+  with pytest.raises(ValueError, match="sparsity schedule gives nan at step "
+                     "4, the first of the run's 6 steps"):
+    step(make_params())
+  # And through optax.inject_hyperparams, which builds it in `init`.
+  tx = optax.inject_hyperparams(
+      optg.mask_transform, static_args=optg.STATIC_ARGS)(
+          sparsity=bad, mask_learning_rate=0.1, total_steps=6)
+  with pytest.raises(ValueError, match="sparsity schedule gives nan at step "
+                     "4"):
+    tx.init(make_params())
+
+
+def test_a_schedule_that_stays_in_range_is_accepted_and_unchanged():
+  # A sparsity of 0 or 0.99, a learning rate of 0: in range, accepted.
+  sparsity = lambda t: jnp.where(t < 3, 0.0, 0.5).astype(jnp.float32)
+  mask_lr = lambda t: jnp.where(t < 2, 0.0, 0.2).astype(jnp.float32)
+  tx = optg.mask_transform(sparsity, mask_lr, update_every=3, total_steps=6)
+  _, state = run_steps(tx, 6)
+  assert count_kept(state.masks) == NUM_PRUNABLE // 2
+  # No score moved while the rate was 0 (steps 0 and 1).
+  _, state = run_steps(tx, 2)
+  assert not any(np.any(s) for s in jax.tree.leaves(state.scores))
+  optg.mask_transform(lambda t: jnp.float32(0.99), 0.0, total_steps=6)
+
+
+@pytest.mark.parametrize("rate, shown", [
+    (float("nan"), "nan"), (-0.1, "-0.1"), (np.float32("nan"), "nan"),
+    (jnp.float32(-1.0), "-1.0"), (None, "None")])
+def test_a_bad_constant_mask_learning_rate_is_refused(rate, shown):
+  message = re.escape("mask_learning_rate must be a finite number >= 0 or "
+                      f"a schedule, got {shown}")
+  with pytest.raises(ValueError, match=message):
+    optg.mask_transform(0.5, rate)
+  # optax.inject_hyperparams passes it as an array: refused by `init`.
+  if rate is not None:
+    tx = optax.inject_hyperparams(
+        optg.mask_transform, static_args=optg.STATIC_ARGS)(
+            sparsity=0.5, mask_learning_rate=rate)
+    with pytest.raises(ValueError, match="mask_learning_rate must be a "
+                       "finite number >= 0"):
+      tx.init(make_params())
+
+
+@pytest.mark.parametrize("value, shown", [
+    (float("nan"), "nan"), (float("inf"), "inf"), (-0.5, "-0.5")])
+def test_a_mask_learning_rate_schedule_out_of_range_is_refused(value, shown):
+  message = re.escape(
+      f"mask_transform: the mask_learning_rate schedule gives {shown} at "
+      "step 5, the first of the run's 12 steps where it is not a finite "
+      "number >= 0")
+  with pytest.raises(ValueError, match=message):
+    optg.mask_transform(0.5, _bad_from(5, value, 0.1), total_steps=12)
+  # Through the coupling to the sparsity (the run's length from its
+  # schedule), as the harness builds it.
+  sparsity = optg.sigmoid_sparsity_schedule(0.5, 6, 2, beta=4.0)
+  mask_lr = optg.supermask_learning_rate(_bad_from(5, value, 0.1), sparsity,
+                                         0.5)
+  with pytest.raises(ValueError, match=(
+      r"the mask_learning_rate schedule gives (nan|inf|-0\.008993\d*) at "
+      r"step 5, the first of the run's 12 steps")):  # -0.5 * s(5) / 0.5
+    optg.mask_transform(sparsity, mask_lr, update_every=2)
+  # The last update's rate (step 11) is checked too.
+  with pytest.raises(ValueError, match="gives .* at step 11, the first"):
+    optg.mask_transform(0.5, _bad_from(11, value, 0.1), total_steps=12)

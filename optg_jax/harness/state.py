@@ -111,7 +111,9 @@ def create_optimizer(config, schedules: Schedules, update_every: int,
                          score_normalization="score_normalization",
                          min_kept_per_unit="min_kept_per_unit",
                          update_every="update_every_steps",
-                         layout="topk_layout", total_steps="num_epochs"):
+                         layout="topk_layout", total_steps="num_epochs",
+                         sparsity="sparsity",
+                         mask_learning_rate="learning_rate"):
       chain.append(optg.mask_transform(
           schedules.sparsity, schedules.mask_learning_rate,
           momentum=config.mask_momentum, update_every=update_every,
