@@ -199,7 +199,11 @@ def trained_params(params: PyTree, opt_state: PyTree) -> PyTree:
   dense values of weights pruned by the latest refresh come from its
   state). At the end of a run whose transform knows `total_steps` this
   equals `apply_masks(params, get_masks(opt_state))`; just after a refresh
-  it is the model the period trained, not the next period's masks.
+  it is the model the period trained, not the next period's masks: what an
+  eval step between epochs runs (Flax's `eval_step`, on
+  `trained_params(state.params, state.opt_state)`). Elementwise, so it
+  works on a `pmap`-replicated state (a leading device axis on every leaf)
+  and a sharded one, inside `jax.pmap` or `jax.jit` or outside them.
 
   Args:
     params: the params the caller holds (Flax NNX `nnx.state(model,

@@ -253,7 +253,7 @@ def test_quickstart_as_in_readme(quickstart_run):
   assert os.path.exists(workdir / "sparsity.txt")
   # The figures the README quotes, within the tolerance it states.
   readme = open(os.path.join(ROOT, "README.md")).read()
-  quoted = readme.split("ends with, in\n`/tmp/optg_quickstart/summary.json`:")[1]
+  quoted = readme.split("`/tmp/optg_quickstart/summary.json`:")[1]
   accuracy = float(quoted.split('"eval_accuracy": ')[1].split(",")[0])
   sparse_macs = int(quoted.split('"sparse_macs": ')[1].split(",")[0])
   kept = int(quoted.split("(")[2].split(" of 270,608")[0].replace(",", ""))

@@ -162,14 +162,11 @@ def nm_layers(masks, structure: nm.NM):
 
 
 def collapse_note(findings) -> str:
-  """The lines under the sparsity table about layers cut off."""
+  """The lines under the sparsity table about layers cut off (the table
+  itself names the collapsed layers and those with dead units)."""
   if not findings["collapsed_layers"] and not findings["dead_units"]:
     return "\nNo layer collapsed; every output unit keeps an input weight.\n"
-  lines = [f"\nCollapsed layers (no kept weight): "
-           f"{', '.join(findings['collapsed_layers']) or 'none'}",
-           "Dead units (no kept input weight): " + (", ".join(
-               f"{n} {c}" for n, c in findings["dead_units"].items())
-                                                     or "none")]
+  lines = [""]
   if findings["fatal"]:
     lines.append("FATAL: " + "; ".join(findings["fatal"]))
   lines.append("A collapsed layer or dead unit is harmless only where "
