@@ -145,6 +145,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_last_checkpoint(
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
 
 
+@pytest.mark.long
 def test_nan_step_leaves_the_state_unchanged():
   config = runs.tiny_config()
   run = train.Run(config)
@@ -251,6 +252,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(
   assert os.listdir(os.path.join(workdir, "corrupted_checkpoints"))
 
 
+@pytest.mark.long
 def test_no_readable_checkpoint_is_a_clear_error(stopped_at_20):
   workdir = stopped_at_20
   for step in (10, 20):

@@ -247,6 +247,7 @@ def test_refreshes_of_a_training_run_equal_the_cold_selection():
   assert warm_passes < cold_passes, (warm_passes, cold_passes)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("layout", topk.LAYOUTS)
 def test_any_hint_gives_the_cold_masks(layout):
   """Hints that are wrong in every way (far off, reversed, at the extreme
@@ -325,6 +326,7 @@ def test_nothing_kept_leaves_the_hint_as_it_was(layout):
       0x90000000, 0x8F000000, 2)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("tie_levels", [2])
 def test_flat_layout_gives_the_same_masks_and_hint(tie_levels):
   rng = np.random.default_rng(10 + (tie_levels or 0))

@@ -292,7 +292,7 @@ def test_library_call_and_launch_agree_bitwise(finished_run, reference):
 @pytest.mark.parametrize("method, half_precision, granularity", [
     ("dense", False, "epoch"),
     # The one-shot criterion, with the sparsity rising every step.
-    ("taylor", False, "step"),
+    pytest.param("taylor", False, "step", marks=pytest.mark.long),
     pytest.param("magnitude", False, "epoch", marks=pytest.mark.long),
     pytest.param("optg", True, "epoch", marks=pytest.mark.long)])
 def test_baselines_and_half_precision_share_the_step(method, half_precision,

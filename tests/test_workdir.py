@@ -586,6 +586,7 @@ def test_a_checkpoint_of_format_2_resumes_as_uninterrupted(reference,
           checkpoints.state_digest(without_hint(want)))
 
 
+@pytest.mark.long
 def test_checkpoints_of_an_earlier_release_are_refused(tmp_path):
   """A checkpoint of format 1 (an `OptGState` without `trained_masks`, a
   digest without `format`): its run reported the masks of a refresh after
