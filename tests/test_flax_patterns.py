@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 import optg_jax as optg
+from test_keep_sparse import NnxMLP
 
 # 6 epochs of 3 steps, refreshed once an epoch; s(e) = 0.9 * sigmoid(4 (e -
 # 3)). The 832 weights keep 832, 832, 819, 458, 97 and 83 in epochs 0 to 5:
@@ -199,16 +200,6 @@ def test_linen_train_state_under_jit_sharded_evaluates_the_trained_masks():
     evaluated.append(int(count))
     naive.append(int(j_naive_eval_step(state, x_eval)))
   check_epochs(trained, evaluated, naive)
-
-
-class NnxMLP(nnx.Module):
-
-  def __init__(self, rngs):
-    self.fc1 = nnx.Linear(16, 32, rngs=rngs)
-    self.fc2 = nnx.Linear(32, 10, rngs=rngs)
-
-  def __call__(self, x):
-    return self.fc2(nnx.relu(self.fc1(x)))
 
 
 def test_nnx_evaluates_the_trained_masks_between_epochs():
