@@ -499,6 +499,7 @@ def resnet50_params():
       lambda s: rng.standard_normal(s.shape, np.float32), shapes)
 
 
+@pytest.mark.long
 def test_resnet50_file_sizes(tmp_path, resnet50_params):
   params = resnet50_params
   leaves = jax.tree.leaves(params)

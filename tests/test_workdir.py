@@ -141,6 +141,7 @@ def test_flipped_bits_in_the_newest_checkpoint_are_detected_and_the_run_ends_as_
   assert_same_figures(summary, expected)
 
 
+@pytest.mark.long
 def test_altered_data_that_still_decodes_fails_its_digest(reference,
                                                           tmp_path, caplog):
   workdir = copy_of(reference, tmp_path)
@@ -152,6 +153,7 @@ def test_altered_data_that_still_decodes_fails_its_digest(reference,
              in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.long
 def test_non_finite_momentum_is_refused_even_with_a_matching_digest(
     reference, tmp_path, caplog):
   workdir = copy_of(reference, tmp_path)
@@ -480,6 +482,7 @@ def test_os_errors_inside_storage_messages_are_recognised():
 # SIGTERM during the final evaluation.
 
 
+@pytest.mark.long
 def test_sigterm_during_the_final_evaluation_stops_like_elsewhere(
     reference, tmp_path, monkeypatch):
   _, expected = reference
