@@ -515,6 +515,29 @@ def test_collapse_findings_say_what_is_fatal():
   assert findings["fatal"][0] == "the input layer stem has no kept weight"
 
 
+def test_sparsity_txt_names_each_collapse_once():
+  """The table names the collapsed layers and dead units; the harness's
+  note under it adds only what is fatal and why it matters."""
+  from optg_jax.harness import summary  # pylint: disable=g-import-not-at-top
+  import optg_jax as optg  # pylint: disable=g-import-not-at-top
+  masks = {"stem": np.zeros((3, 3, 1, 4), bool),
+           "head": np.ones((6, 10), bool)}
+  report = optg.sparsity_report(masks)
+  findings = train.collapse_findings(report, "stem", "head")
+  text = optg.sparsity_table(report) + summary.collapse_note(findings)
+  # Its row, the dead units, the collapse, the fatal note (6 when the note
+  # repeated the table).
+  assert text.count("stem") == 4
+  assert text.splitlines()[-4:] == [
+      "COLLAPSED (no kept weight): stem", "",
+      "FATAL: the input layer stem has no kept weight",
+      "A collapsed layer or dead unit is harmless only where another path "
+      "(a residual shortcut) carries the signal."]
+  assert summary.collapse_note({"collapsed_layers": [], "dead_units": {},
+                                "fatal": []}) == (
+      "\nNo layer collapsed; every output unit keeps an input weight.\n")
+
+
 @pytest.mark.slow
 def test_collapse_is_reported_in_summary_table_and_log(tmp_path, caplog):
   """LeNet-300-100 pruned to 99.8% by magnitude on tiny data: the input
