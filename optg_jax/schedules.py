@@ -322,6 +322,9 @@ def as_schedule(value: ScalarOrSchedule) -> Schedule:
 # The steps `values_on_host` evaluates at once: one shape for every run, so
 # that the operations are compiled once.
 _CHUNK = 2 ** 16
+# The most steps it calls a schedule that cannot be vectorised on, one call
+# each (milliseconds a call: a longer run's is trusted, not checked).
+PER_STEP_LIMIT = 20_000
 
 
 def values_on_host(schedule: Schedule, start: int,
@@ -332,12 +335,14 @@ def values_on_host(schedule: Schedule, start: int,
   chunks of one fixed size, so that runs of any length reuse the same
   compiled operations: 0.1 s for the 450,000 steps of an ImageNet run
   (and about 1 s once per process, to compile them). A schedule that
-  branches in Python on its step is called once per step.
+  branches in Python on its step is called once per step, on at most
+  `PER_STEP_LIMIT` steps.
 
   Returns:
     float32 values, one row per step (a scalar schedule: one column), or
     None when the schedule cannot be evaluated on the host (it reads
-    traced values, or raises on a concrete step).
+    traced values, or raises on a concrete step), or cannot be vectorised
+    and the range is longer than `PER_STEP_LIMIT`.
   """
   steps = np.arange(start, max(start, stop), dtype=np.int32)
   if not len(steps):
@@ -353,6 +358,8 @@ def values_on_host(schedule: Schedule, start: int,
           [np.asarray(jax.vmap(schedule)(part), np.float32)
            for part in padded.reshape(-1, _CHUNK)])
     except Exception:  # pylint: disable=broad-except
+      if len(steps) > PER_STEP_LIMIT:
+        return None
       try:  # Python branches on the step: one call each.
         values = np.asarray([np.asarray(schedule(t), np.float32)
                              for t in steps])

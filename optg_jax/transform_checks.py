@@ -166,7 +166,7 @@ def check_schedules(sparsity, mask_learning_rate, total_steps,
   `total_steps` is known: the sparsity at the refreshes' steps 1 to
   `total_steps - 1`, the learning rate at the updates' 0 to `total_steps -
   1`. Trusted: a traced value, a schedule of a run of unknown length, one
-  that cannot be evaluated on the host.
+  that cannot be evaluated on the host (`values_on_host` returns None).
   """
   if criterion == "optg" and not callable(mask_learning_rate):
     value = mask_learning_rate

@@ -289,3 +289,16 @@ def test_values_on_host_are_the_values_of_each_step():
     raise RuntimeError("not on the host")
 
   assert optg.schedules.values_on_host(fails, 0, 4) is None
+  # One call a step on at most PER_STEP_LIMIT steps; a longer run of such a
+  # schedule is not evaluated (trusted) rather than called 450,000 times.
+  calls = []
+
+  def branches(step):
+    calls.append(step)
+    return 0.5 if step < 3 else 0.75
+
+  limit = optg.schedules.PER_STEP_LIMIT
+  assert optg.schedules.values_on_host(branches, 0, limit + 1) is None
+  assert len(calls) == 1  # The vmapped try only.
+  assert optg.schedules.values_on_host(branches, 0, limit).shape == (limit,
+                                                                    1)
