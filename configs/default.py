@@ -56,6 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Opt-in variants of the ranking, not in the paper (see mask_transform):
   config.score_normalization = ""  # "" (the paper) | "layer_rms"
   config.min_kept_per_unit = 0  # 0 (the paper) | n kept inputs per unit
+  # RigL and SET (method "rigl" | "set"): the target sparsity from step 0,
+  # each layer's budget "erk" (Erdos-Renyi-Kernel) | "uniform"; every
+  # `delta_t` steps until `end_fraction` of the run, each layer drops and
+  # regrows `drop_fraction` (cosine-decayed) of its weights.
+  config.budget = "erk"
+  config.delta_t = 100
+  config.drop_fraction = 0.3
+  config.end_fraction = 0.75
 
   # Optimisation of the weights.
   config.num_epochs = 100

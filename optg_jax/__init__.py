@@ -4,6 +4,15 @@ Use as `import optg_jax as optg`. The library modules import neither
 TensorFlow nor the training harness (`optg_jax.train`, `optg_jax.data`).
 """
 
+from optg_jax.dynamic import BUDGETS
+from optg_jax.dynamic import drop_fraction
+from optg_jax.dynamic import DYNAMIC_METHODS
+from optg_jax.dynamic import dynamic_sparse
+from optg_jax.dynamic import dynamic_sparse_masks
+from optg_jax.dynamic import dynamic_update_due
+from optg_jax.dynamic import erk_densities
+from optg_jax.dynamic import layer_budgets
+from optg_jax.dynamic import regrow_at_zero
 from optg_jax.export import export_sparse
 from optg_jax.export import load_sparse
 from optg_jax.export import sparse_metadata
@@ -43,7 +52,9 @@ from optg_jax.masks import trained_masks
 __version__ = "0.1.0"
 
 __all__ = (
+    "BUDGETS",
     "CRITERIA",
+    "DYNAMIC_METHODS",
     "KeepSparseState",
     "NM",
     "OptGState",
@@ -53,7 +64,12 @@ __all__ = (
     "TARGET_TOLERANCE",
     "TopKHint",
     "apply_masks",
+    "drop_fraction",
+    "dynamic_sparse",
+    "dynamic_sparse_masks",
+    "dynamic_update_due",
     "epochwise_cosine_schedule",
+    "erk_densities",
     "export_sparse",
     "final_sparsity_shortfall",
     "forced_count",
@@ -61,12 +77,14 @@ __all__ = (
     "get_optg_state",
     "keep_sparse",
     "last_refresh_step",
+    "layer_budgets",
     "load_sparse",
     "mask_transform",
     "nm_mask",
     "nm_masks",
     "path_to_str",
     "reduction_axis",
+    "regrow_at_zero",
     "refresh_due",
     "sigmoid_sparsity_schedule",
     "sparse_metadata",

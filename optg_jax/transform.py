@@ -264,21 +264,23 @@ def selected_masks(keys: PyTree, sparsity, hint: topk.TopKHint, *,
 
 
 def masks_after_update(draw: Callable[[], Any], kept: Any, due, refresh,
-                       step, update_every: int) -> Tuple[Any, Any]:
+                       step, update_every: int,
+                       due_call: str = "optg.refresh_due(step, update_every, "
+                       "total_steps)") -> Tuple[Any, Any]:
   """`(draw() if due else kept, due)`: the masks and hint of the next step.
 
   `due` says whether this update refreshes. Run op by op, a Python branch;
   traced, a select (`refresh=True`, or `update_every=1`) or a `lax.cond`.
   `refresh=False` draws nothing and gives `due=False` (op by op, a due
-  refresh is a ValueError; traced, the caller's word is trusted).
+  refresh is a ValueError naming `due_call`; traced, the caller's word is
+  trusted).
   """
   traced = is_traced(due)
   if refresh is False:
     if not traced and bool(due):
       raise ValueError(
           f"refresh=False at step {int(step)}, whose update refreshes the "
-          f"masks (update_every={update_every}); pass refresh="
-          "optg.refresh_due(step, update_every, total_steps)")
+          f"masks (update_every={update_every}); pass refresh={due_call}")
     return kept, False  # The caller's word: no top-k in this step.
   if not traced:
     return (draw() if bool(due) else kept), due

@@ -98,6 +98,7 @@ def test_the_pages_have_the_blocks_these_tests_check():
   found = [(f, h, m) for f, h, _, m in BLOCKS]
   assert found == [
       ("README.md", "The transform in an optax chain", None),
+      ("docs/guides/dynamic.md", "In an optax chain", None),
       ("docs/guides/linen.md", "Flax linen: `TrainState`", None),
       ("docs/guides/nm.md", "N:M structured sparsity and sparse model files",
        None),
@@ -183,7 +184,18 @@ def check_sharded(namespace, printed):
   assert "all prunable     10,163  50,816    80.00%" in printed, printed
 
 
+def check_dynamic(namespace, printed):
+  """RigL's ERK budget held at every step (the block asserts it), the
+  figures the guide quotes, and grown weights that started at zero."""
+  assert printed.split() == ["[165,", "73]", "0.8994932432432432"], printed
+  masks = optg.get_masks(namespace["opt_state"])
+  assert [int(m.sum()) for m in jax.tree.leaves(masks)] == [165, 73]
+  text = (DOCS / "guides" / "dynamic.md").read_text()
+  assert "238 of 2,368 weights" in " ".join(text.split())
+
+
 CHECKS = {
+    ("docs/guides/dynamic.md", "In an optax chain"): check_dynamic,
     ("README.md", "The transform in an optax chain"): check_optax_chain,
     ("docs/guides/optax.md", "With `optax.inject_hyperparams`"):
         check_inject_hyperparams,

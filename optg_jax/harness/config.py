@@ -27,7 +27,7 @@ from optg_jax import schedules
 from optg_jax import topk
 from optg_jax.harness.errors import ConfigError
 
-METHODS = ("optg", "magnitude", "taylor", "dense")
+METHODS = ("optg", "magnitude", "taylor", "rigl", "set", "dense")
 LR_SCHEDULES = ("epochwise_cosine", "warmup_cosine")
 # How the steps run over the devices: `jax.pmap` (one replica a local
 # device), or `jax.jit` over a mesh of every process's devices.
@@ -117,9 +117,16 @@ def validate_config(config: ml_collections.ConfigDict,
   if augmentation not in data.imagenet.AUGMENTATIONS:
     fail(f"unknown augmentation {augmentation!r}; valid: "
          f"{', '.join(data.imagenet.AUGMENTATIONS)}")
-  if config.structure and config.method == "dense":
+  if config.structure and config.method in ("dense", "rigl", "set"):
     fail(f"structure {config.structure!r} needs method 'optg' or "
-         "'magnitude', not 'dense'")
+         f"'magnitude', not {config.method!r}")
+  if config.method in ("rigl", "set"):
+    if not 0 < config.end_fraction <= 1:
+      fail(f"end_fraction must be in (0, 1], got {config.end_fraction!r}")
+    for name in ("min_kept_per_unit", "score_normalization"):
+      if config[name]:
+        fail(f"{name} is an option of OptG's ranking; method "
+             f"{config.method!r} does not take it")
   # The library takes 0 (a frozen network); a run needs a positive one.
   if config.learning_rate <= 0:
     fail(f"learning_rate must be positive, got {config.learning_rate!r}")

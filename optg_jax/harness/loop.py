@@ -26,6 +26,7 @@ from optg_jax.harness import console
 from optg_jax import data
 from optg_jax.harness.checkpoints import checkpoint_manager
 from optg_jax.harness.checkpoints import restore_latest
+from optg_jax.harness.cost import CostLedger
 from optg_jax.harness.errors import ConfigError
 from optg_jax.harness.errors import NonFiniteError
 from optg_jax.harness.errors import WorkdirError
@@ -147,6 +148,7 @@ def _train(run: Run, place, sigterm: SigtermFlag,
   p_train, p_eval = run.compiled_steps()
   state = run.parallel.place(jax.device_get(state))
   history = EvalHistory(workdir, start_step, run.target)
+  ledger = CostLedger(workdir, start_step)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -189,7 +191,8 @@ def _train(run: Run, place, sigterm: SigtermFlag,
     if at_log:
       place.check_present(done)
       progress.report(done, check_finite_and_log(
-          run, writer, train_metrics, done, state, watch=watch))
+          run, writer, train_metrics, done, state, watch=watch,
+          ledger=ledger))
       train_metrics = []
     if run.eval_due(done):
       # Before a SIGTERM stops the run: the masks it needs are in no
@@ -198,22 +201,22 @@ def _train(run: Run, place, sigterm: SigtermFlag,
         last_evaluation = (done, _epoch_evaluation(run, state, p_eval,
                                                    writer, history, done))
     if sigterm.agreed(at_log):
-      check_finite(run, train_metrics, done)
+      pending = check_finite(run, train_metrics, done)
       if last_saved != done:
         place.check_present(done)
-        _save(run, manager, state)
+        _save(run, manager, state, ledger, done, pending)
       writer.flush()
       raise Preempted(done)
     last_saved = _save_if_due(run, place, state, manager, done, last_saved,
-                              train_metrics, progress)
+                              train_metrics, progress, ledger)
 
   if train_metrics:
     check_finite_and_log(run, writer, train_metrics, run.total_steps, state,
-                         watch=watch)
+                         watch=watch, ledger=ledger)
   final_step = int(run.parallel.host(state.step))
   if last_saved != final_step:
     place.check_present(final_step)
-    _save(run, manager, state)
+    _save(run, manager, state, ledger, final_step)
   # The model the run ships: the masks its last step trained with. The
   # evaluation after the last epoch, if this process just made it, is it.
   if last_evaluation is not None and last_evaluation[0] == final_step:
@@ -238,6 +241,7 @@ def _train(run: Run, place, sigterm: SigtermFlag,
                 run.scheduled_sparsity(final_step), eval_metrics,
                 final=not run.eval_due(final_step))
   summary.update(history.summary())
+  summary.update(training_cost(run, ledger))
   summary["replicas_identical"] = len(set(fingerprints)) == 1
   summary["replica_fingerprints"] = fingerprints
   writer.write_scalars(run.total_steps, {
@@ -268,16 +272,17 @@ def _epoch_evaluation(run, state, p_eval, writer, history, done):
 
 
 def _save_if_due(run, place, state, manager, done, last_saved,
-                 train_metrics, progress: console.Progress) -> int:
+                 train_metrics, progress: console.Progress,
+                 ledger: Optional[CostLedger] = None) -> int:
   """Saves a checkpoint inside the loop when one is due; returns the last
   saved step."""
   if done >= run.total_steps:
     return last_saved  # The end of the run saves.
   if itstime(done, run.config.checkpoint_every_steps):
-    check_finite(run, train_metrics, done)
+    pending = check_finite(run, train_metrics, done)
     place.check_present(done)
     with progress.paused(state):
-      _save(run, manager, state)
+      _save(run, manager, state, ledger, done, pending)
     return done
   return last_saved
 
@@ -301,8 +306,11 @@ def check_finite(run: Run, train_metrics, step: int):
 
 
 def check_finite_and_log(run: Run, writer, train_metrics, step, state,
-                         watch: Optional[CollapseWatch] = None):
+                         watch: Optional[CollapseWatch] = None,
+                         ledger: Optional[CostLedger] = None):
   """`check_finite`, then writes the averaged train metrics.
+
+  With a `ledger`, the steps' MACs (`train_macs`) are added to it.
 
   With a `watch`, the masks in force are checked for collapsed layers and
   dead units, and a change since the last check is logged as a warning.
@@ -313,6 +321,8 @@ def check_finite_and_log(run: Run, writer, train_metrics, step, state,
   host = check_finite(run, train_metrics, step)
   if not host:
     return None
+  if ledger is not None:
+    ledger.add(m["train_macs"] for m in host)
   summary = {f"train_{k}": float(np.mean([m[k] for m in host]))
              for k in ("loss", "accuracy")}
   last = host[-1]
@@ -338,6 +348,24 @@ def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
                                                step == total)
 
 
-def _save(run: Run, manager, state):
-  """Saves the placed state's host copy in the workdir's checkpoints."""
+def _save(run: Run, manager, state, ledger: Optional[CostLedger] = None,
+          step: Optional[int] = None, pending=()):
+  """Saves the placed state's host copy in the workdir's checkpoints.
+
+  With a `ledger`, first records its MACs up to `step` (`pending`: the host
+  metrics of the steps it has not added yet).
+  """
+  if ledger is not None:
+    ledger.record(step, [m["train_macs"] for m in pending])
   checkpoints.save_in_workdir(manager, run.parallel.host(state), run.config)
+
+
+def training_cost(run: Run, ledger: CostLedger) -> Dict[str, Any]:
+  """The run's training MACs for `summary.json` (None: unknown, a run
+  resumed from a checkpoint older than its ledger)."""
+  batch = run.config.batch_size
+  total = None if ledger.total is None else ledger.total * batch
+  dense = float(run.cost.dense_step()) * batch * run.total_steps
+  return {"training_macs": total, "dense_training_macs": dense,
+          "training_macs_vs_dense": (None if total is None else
+                                     total / dense)}

@@ -14,6 +14,7 @@ from optg_jax.harness.config import check_target
 from optg_jax.harness.config import structure_of
 from optg_jax.harness.config import target_sparsity
 from optg_jax.harness.config import update_every_steps
+from optg_jax.harness.cost import StepCost
 from optg_jax.harness.config import validate_config
 from optg_jax.harness.state import create_model
 from optg_jax.harness.state import create_optimizer
@@ -70,7 +71,11 @@ class Run:
     self.total_steps = self.schedule_steps
     if config.num_train_steps > 0:
       self.total_steps = min(self.total_steps, config.num_train_steps)
-    self.update_every = update_every_steps(config, self.steps_per_epoch)
+    self.dynamic = config.method in optg.DYNAMIC_METHODS
+    self.t_end = (max(1, int(config.end_fraction * self.schedule_steps))
+                  if self.dynamic else None)
+    self.update_every = (config.delta_t if self.dynamic else
+                         update_every_steps(config, self.steps_per_epoch))
     self.sparse = config.method != "dense"
     self.target = (target_sparsity(config, self.structure) if self.sparse
                    else 0.0)
@@ -79,7 +84,9 @@ class Run:
     self.model = create_model(config, self.info.num_classes)
     self._check_target()
     self.tx = create_optimizer(config, self.schedules, self.update_every,
-                               self.schedule_steps, self.structure)
+                               self.schedule_steps, self.structure,
+                               t_end=self.t_end)
+    self.cost = StepCost(self.model, self.info.image_shape, config.method)
 
   def _prunable_shapes(self):
     shapes = jax.eval_shape(
@@ -88,7 +95,7 @@ class Run:
     return [x for x in jax.tree.leaves(shapes) if len(x.shape) >= 2]
 
   def _check_target(self):
-    if self.sparse:
+    if self.sparse and not self.dynamic:
       prunable = self._prunable_shapes()
       structure = self.structure
       if structure is not None and not any(
@@ -117,7 +124,8 @@ class Run:
     """
     train = functools.partial(
         train_step, model=self.model, tx=self.tx, schedules=self.schedules,
-        label_smoothing=self.config.label_smoothing, sparse=self.sparse)
+        label_smoothing=self.config.label_smoothing, sparse=self.sparse,
+        cost=self.cost)
     evaluate = functools.partial(eval_step, model=self.model)
     train_for, evaluate = self.parallel.compile(train, evaluate)
 
@@ -136,6 +144,9 @@ class Run:
     """
     if not self.sparse:
       return None
+    if self.dynamic:  # RigL, SET: `delta_t` until `t_end`.
+      return optg.dynamic_update_due(step, self.update_every, self.t_end,
+                                     self.schedule_steps)
     if self.update_every == 1:
       return True
     return optg.refresh_due(step, self.update_every, self.schedule_steps)
@@ -148,6 +159,8 @@ class Run:
   def scheduled_sparsity(self, done: int) -> float:
     """The scheduled sparsity of the masks the first `done` steps ended
     with (those of the last refresh before step `done`; 0 before any)."""
+    if self.dynamic:
+      return self.target  # From step 0.
     last = optg.last_refresh_step(done, self.update_every)
     if not self.sparse or last == 0:
       return 0.0

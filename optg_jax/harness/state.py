@@ -76,6 +76,9 @@ def create_schedules(config, steps_per_epoch: int,
   if config.method == "dense":
     sparsity = lambda step: jnp.float32(0.0)
     mask_lr = lambda step: jnp.float32(0.0)
+  elif config.method in optg.DYNAMIC_METHODS:  # At the target from step 0.
+    sparsity = lambda step: jnp.float32(target)
+    mask_lr = lambda step: jnp.float32(0.0)
   else:
     with as_config_error(target="sparsity", total_epochs="num_epochs",
                          beta="beta", granularity="sparsity_granularity"):
@@ -88,9 +91,14 @@ def create_schedules(config, steps_per_epoch: int,
 
 
 def create_optimizer(config, schedules: Schedules, update_every: int,
-                     schedule_steps: int, structure: Optional[nm.NM]
+                     schedule_steps: int, structure: Optional[nm.NM],
+                     t_end: Optional[int] = None
                      ) -> optax.GradientTransformation:
   """`mask_transform -> add_decayed_weights -> sgd(momentum)`.
+
+  For RigL and SET, `optg.dynamic_sparse` around the same weights'
+  optimizer: its masks at the target from step 0, updated every
+  `update_every` (`config.delta_t`) steps until `t_end`.
 
   The library's refusals of the config's values (`mask_transform`'s) are
   `ConfigError`s naming the config field: an N:M `structure` with a
@@ -104,7 +112,22 @@ def create_optimizer(config, schedules: Schedules, update_every: int,
       refresh after the last, whose masks are the model (`num_train_steps`
       only stops a run early).
     structure: the N:M pattern (`structure_of`), or None.
+    t_end: RigL's and SET's last step that may move the masks.
   """
+  weights = [
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedules.learning_rate, momentum=config.momentum,
+                nesterov=config.nesterov),
+  ]
+  if config.method in optg.DYNAMIC_METHODS:
+    with as_config_error(budget="budget", delta_t="delta_t",
+                         alpha="drop_fraction", t_end="end_fraction",
+                         sparsity="sparsity", total_steps="num_epochs"):
+      return optg.dynamic_sparse(
+          config.method, float(config.sparsity), optax.chain(*weights),
+          total_steps=schedule_steps, delta_t=update_every,
+          alpha=config.drop_fraction, t_end=t_end, budget=config.budget,
+          seed=config.seed)
   chain = []
   if config.method != "dense":
     with as_config_error(criterion="method", momentum="mask_momentum",
@@ -122,12 +145,7 @@ def create_optimizer(config, schedules: Schedules, update_every: int,
           min_kept_per_unit=config.min_kept_per_unit, structure=structure,
           indivisible="dense", total_steps=schedule_steps,
           topk_layout=config.topk_layout))
-  chain += [
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedules.learning_rate, momentum=config.momentum,
-                nesterov=config.nesterov),
-  ]
-  return optax.chain(*chain)
+  return optax.chain(*chain, *weights)
 
 
 def current_masks(sparse: bool, opt_state):

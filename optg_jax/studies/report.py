@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_macs.png",
+         "accuracy_vs_training_macs.png",
          "accuracy_vs_refresh_period.png", "layer_sparsity.png",
          "schedules.png")
 # The modifiers that set a method's refresh period: those of the kind
@@ -33,8 +34,9 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
 
   Returns:
     `{(method, sparsity): {"n", "accuracy_mean", "accuracy_std",
-    "actual_sparsity", "sparse_macs", "fatal_runs", "collapsed_runs",
-    "wall_time_s"}}` in the order of `rows`.
+    "accuracy_min" (the worst run), "actual_sparsity", "sparse_macs",
+    "training_macs" (None unless every run has it), "fatal_runs",
+    "collapsed_runs", "wall_time_s"}}` in the order of `rows`.
   """
   groups: Dict[tuple, List[Dict[str, Any]]] = {}
   for row in rows:
@@ -43,10 +45,14 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
   out = {}
   for key, group in groups.items():
     acc = np.array([r["eval_accuracy"] for r in group], float)
+    training = [r.get("training_macs") for r in group]
     out[key] = {
         "n": len(group),
         "accuracy_mean": float(acc.mean()),
         "accuracy_std": float(acc.std()),
+        "accuracy_min": float(acc.min()),
+        "training_macs": (None if any(t in (None, "") for t in training)
+                          else float(np.mean([float(t) for t in training]))),
         "actual_sparsity": float(np.mean([r["actual_sparsity"]
                                           for r in group])),
         "sparse_macs": float(np.mean([r["sparse_macs"] for r in group])),
@@ -111,15 +117,29 @@ def markdown(rows: Sequence[Dict[str, Any]], title: str,
     if method == "dense":
       cells = [cells[0]] + [""] * (len(cells) - 1)
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  lines += ["", "Per method and sparsity: actual sparsity, sparse MACs per "
-            "example, runs with a fatal collapse (a collapsed input layer or "
+  dense_training = [st["training_macs"] for (m, _), st in stats.items()
+                    if m == "dense" and st["training_macs"]]
+  lines += ["", "Per method and sparsity: the worst run's accuracy, actual "
+            "sparsity, sparse MACs per example, the run's training MACs "
+            "(forward and backward passes of every step, all examples; "
+            "`optg_jax/harness/cost.py`)"
+            + (" and their share of the dense run's" if dense_training
+               else "")
+            + ", runs with a fatal collapse (a collapsed input layer or "
             "classifier, or a class without weights) and with a collapsed "
             "layer anywhere, and the mean wall time of a run.", "",
-            "| method | sparsity | actual | sparse MACs | fatal | collapsed "
-            "| wall s |", "|---|---|---|---|---|---|---|"]
+            "| method | sparsity | worst | actual | sparse MACs | training "
+            "MACs | fatal | collapsed | wall s |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for (method, s), st in stats.items():
-    lines.append(f"| {method} | {s:g} | {st['actual_sparsity']:.4f} | "
-                 f"{st['sparse_macs']:,.0f} | {st['fatal_runs']}/{st['n']} | "
+    training = st["training_macs"]
+    cost = "—" if training is None else f"{training:.3g}"
+    if training is not None and dense_training:
+      cost += f" ({training / dense_training[0]:.2f}x)"
+    lines.append(f"| {method} | {s:g} | {100 * st['accuracy_min']:.2f} | "
+                 f"{st['actual_sparsity']:.4f} | "
+                 f"{st['sparse_macs']:,.0f} | {cost} | "
+                 f"{st['fatal_runs']}/{st['n']} | "
                  f"{st['collapsed_runs']}/{st['n']} | "
                  f"{st['wall_time_s']:.0f} |")
   grouped = by_refresh_period(rows)
@@ -161,6 +181,32 @@ def _labelled(ax, title, xlabel, ylabel, legend_size=8):
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=legend_size)
+
+
+def _training_macs_plot(plt, ax_title, stats, methods, sparsities, save):
+  """Accuracy against the runs' training MACs: a colour per method, a
+  marker per sparsity."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  markers = "o^vD<>"
+  for i, method in enumerate(methods):
+    keys = [k for k in stats if k[0] == method and
+            stats[k]["training_macs"] is not None]
+    for k in keys:
+      marker = ("s" if method == "dense" else
+                markers[sparsities.index(k[1]) % len(markers)])
+      ax.errorbar(stats[k]["training_macs"], stats[k]["accuracy_mean"],
+                  yerr=stats[k]["accuracy_std"], capsize=3, marker=marker,
+                  color=f"C{i % 10}", label=method if k == keys[0] else None)
+  training = [st["training_macs"] for st in stats.values()
+              if st["training_macs"] is not None]
+  ax.set_xlim(min(training) / 1.5, max(training) * 1.5)
+  ax.set_xscale("log")
+  legend = ", ".join(f"{m} {s:g}" for m, s in zip(markers, sparsities))
+  _labelled(ax, ax_title, "training MACs of the run (log scale)",
+            "eval accuracy (mean ± std over seeds)")
+  if legend:
+    ax.set_title(f"{ax_title}\nsparsity markers: {legend}", fontsize=9)
+  save(fig, "accuracy_vs_training_macs.png")
 
 
 def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
@@ -230,6 +276,12 @@ def plot(rows: Sequence[Dict[str, Any]], directory: str, title: str,
   _labelled(ax, title, "sparse MACs per example (log scale)",
             "eval accuracy (mean over seeds)")
   save(fig, "accuracy_vs_macs.png")
+
+  training = [st["training_macs"] for st in stats.values()
+              if st["training_macs"] is not None]
+  if training:  # Runs from before the count have none.
+    _training_macs_plot(plt, ax_title=title, stats=stats, methods=methods,
+                        sparsities=sparsities, save=save)
 
   grouped = by_refresh_period(rows)
   if grouped:

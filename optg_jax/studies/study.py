@@ -10,8 +10,8 @@ finished run is read back rather than redone and an interrupted one resumes
 from its checkpoints. A dense run has no sparsity and is run once per seed.
 
 A method is a base method ("optg", "magnitude", "taylor": the one-shot
-criterion, "dense") followed by modifiers joined with "+", each setting
-config fields:
+criterion, "rigl", "set": dynamic sparse training, "dense") followed by
+modifiers joined with "+", each setting config fields:
 
   every<N>   refresh the masks every N steps (`update_every_steps=N`)
   epoch      refresh once an epoch (`update_every_steps=0`, the reference)
@@ -21,6 +21,13 @@ config fields:
   rms        rank layer-RMS-normalised scores (`score_normalization`)
   N:M        N:M masks, N kept of every M weights, 0 < N < M (`structure`,
              and `min_kept_per_unit=0`: no floor with a structure)
+  dt<N>      RigL and SET: move the masks every N steps (`delta_t`)
+  drop<F>    RigL and SET: the initial drop fraction F (`drop_fraction`)
+  <N>x       train N times as many epochs as the config (`rigl+2x`: RigL at
+             about the training MACs of OptG's run)
+
+The first six are OptG's and magnitude pruning's (and "taylor"'s), dt and
+drop RigL's and SET's.
 
 e.g. "optg+every1", "magnitude+every1", "optg+epoch+floor1". Without a
 modifier the config's own fields stand. A method takes one modifier of each
@@ -73,11 +80,13 @@ from optg_jax.studies.report import PLOTS  # noqa
 from optg_jax.studies.report import replace_section  # noqa
 from optg_jax.studies.report import StudyError
 
-BASE_METHODS = ("optg", "magnitude", "taylor", "dense")
+BASE_METHODS = ("optg", "magnitude", "taylor", "rigl", "set", "dense")
+DYNAMIC_BASES = ("rigl", "set")
 RESULT_FIELDS = ("method", "sparsity", "seed", "refresh_period",
                  "eval_accuracy",
                  "actual_sparsity", "kept_params", "sparse_macs",
-                 "dense_macs", "collapsed_layers", "dead_units",
+                 "dense_macs", "training_macs", "collapsed_layers",
+                 "dead_units",
                  "fatal_collapse", "wall_time_s", "steps", "status")
 
 # (pattern, kind, config fields): a method takes one modifier of each kind.
@@ -98,7 +107,17 @@ _MODIFIERS = (
     # transform refuses one with a structure).
     (re.compile(r"(\d+):(\d+)$"), "N:M structure",
      lambda m: {"structure": m.group(0), "min_kept_per_unit": 0}),
+    (re.compile(r"dt(\d+)$"), "mask update period",
+     lambda m: {"delta_t": int(m.group(1))}),
+    (re.compile(r"drop(\d*\.\d+|\d+)$"), "drop fraction",
+     lambda m: {"drop_fraction": float(m.group(1))}),
+    (re.compile(r"(\d+)x$"), "training length",
+     lambda m: {"epochs_factor": int(m.group(1))}),
 )
+# The kinds of modifier that only RigL and SET take, and those they do not.
+_DYNAMIC_KINDS = ("mask update period", "drop fraction")
+_SCHEDULED_KINDS = ("refresh period", "sparsity granularity", "unit floor",
+                    "score normalization", "N:M structure")
 
 
 # Two target sparsities closer than this cannot be told apart by a run
@@ -137,6 +156,8 @@ def parse_method(spec: str) -> Dict[str, Any]:
   if base == "dense" and modifiers:
     raise StudyError(f"method {spec!r}: dense runs take no modifiers")
   fields, kinds = {"method": base}, {}
+  if base in DYNAMIC_BASES:  # OptG's ranking options do not apply.
+    fields.update(min_kept_per_unit=0, score_normalization="")
   for modifier in modifiers:
     for pattern, kind, to_fields in _MODIFIERS:
       match = pattern.match(modifier)
@@ -145,11 +166,17 @@ def parse_method(spec: str) -> Dict[str, Any]:
     else:
       raise StudyError(f"unknown modifier {modifier!r} in method {spec!r}; "
                        "valid: every<N>, epoch, stepwise, epochwise, "
-                       "floor<N>, rms, N:M")
+                       "floor<N>, rms, N:M, dt<N>, drop<F>, <N>x")
     if kind in kinds:
       raise StudyError(f"method {spec!r}: {kinds[kind]} and {modifier} both "
                        f"set the {kind}; a method takes one of each kind, "
                        "keep one")
+    dynamic = base in DYNAMIC_BASES
+    if kind in (_SCHEDULED_KINDS if dynamic else _DYNAMIC_KINDS):
+      raise StudyError(
+          f"method {spec!r}: {modifier} is "
+          + (f"OptG's and magnitude pruning's, not {base}'s" if dynamic
+             else f"RigL's and SET's, not {base}'s"))
     kinds[kind] = modifier
     fields.update(to_fields(match))
   if "unit floor" in kinds and "N:M structure" in kinds:
@@ -158,6 +185,11 @@ def parse_method(spec: str) -> Dict[str, Any]:
                      f"({kinds['unit floor']}) does not apply; keep one")
   if any(re.fullmatch(r"every0+", m) for m in modifiers):
     raise StudyError(f"method {spec!r}: every<N> needs N >= 1")
+  for name, low in (("delta_t", 1), ("epochs_factor", 1)):
+    if fields.get(name, low) < low:
+      raise StudyError(f"method {spec!r}: {name} must be at least {low}")
+  if not 0 <= fields.get("drop_fraction", 0) <= 1:
+    raise StudyError(f"method {spec!r}: the drop fraction must be in [0, 1]")
   if "structure" in fields:
     try:
       nm.NM.parse(fields["structure"])
@@ -270,7 +302,9 @@ def run_dir(workdir: str, run: StudyRun) -> str:
 def run_config(base_config, run: StudyRun):
   """The base config with the run's method, sparsity and seed."""
   config = base_config.copy_and_resolve_references()
-  for key, value in parse_method(run.method).items():
+  fields = parse_method(run.method)
+  config.num_epochs *= fields.pop("epochs_factor", 1)
+  for key, value in fields.items():
     config[key] = value
   if run.method != "dense":
     config.sparsity = run.sparsity
@@ -342,6 +376,8 @@ def _row(run: StudyRun, summary: Optional[Dict[str, Any]], status: str,
         "kept_params": summary["kept_params"],
         "sparse_macs": summary["sparse_macs"],
         "dense_macs": summary["dense_macs"],
+        # None for a run resumed from a checkpoint older than the count.
+        "training_macs": summary.get("training_macs"),
         "collapsed_layers": len(summary.get("collapsed_layers", [])),
         "dead_units": sum(summary.get("dead_units", {}).values()),
         "fatal_collapse": len(summary.get("fatal_collapse", [])),
