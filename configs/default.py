@@ -34,9 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augmentation = "torchvision"
   config.shuffle_buffer_size = 16 * 1024
 
-  # Sparsity: OptG, its magnitude-pruning baseline, or a dense run.
-  # "optg" | "magnitude" | "taylor" (opt-in: the one-shot criterion OptG
-  # accumulates, -G * W summed since the last refresh) | "dense".
+  # Sparsity: OptG, its magnitude-pruning baseline, RigL or SET, or a dense
+  # run. "optg" | "magnitude" | "taylor" (opt-in: the one-shot criterion
+  # OptG accumulates, -G * W summed since the last refresh) | "rigl" | "set"
+  # (sparse from step 0; see the fields below) | "dense".
   config.method = "optg"
   config.sparsity = 0.9  # Target sparsity P of the prunable weights.
   config.beta = 1.0  # Steepness of the sigmoid sparsity schedule.

@@ -166,6 +166,11 @@ def main(argv):
     print("error: method 'dense' has no refreshes to diagnose",
           file=sys.stderr)
     sys.exit(2)
+  if run.dynamic:
+    print(f"error: method {config.method!r} drops and grows weights; "
+          "diagnose records the refreshes of a ranking (optg, magnitude, "
+          "taylor)", file=sys.stderr)
+    sys.exit(2)
   model, tx = run.model, run.tx
   every = run.update_every
   state = run.initial_state()

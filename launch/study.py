@@ -42,9 +42,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base training config.",
                                 lock_config=True)
 flags.DEFINE_list("methods", ["optg", "magnitude", "dense"],
-                  "Methods: optg, magnitude, taylor, dense, with modifiers "
-                  "such as optg+every1, optg+epoch+stepwise, optg+floor1, "
-                  "optg+rms, optg+2:4.")
+                  "Methods: optg, magnitude, taylor, rigl, set, dense, with "
+                  "modifiers such as optg+every1, optg+epoch+stepwise, "
+                  "optg+floor1, optg+rms, optg+2:4, rigl+dt50+drop0.5, "
+                  "rigl+2x.")
 flags.DEFINE_list("sparsities", ["0.9", "0.95", "0.98", "0.99"],
                   "Target sparsities of the unstructured sparse methods.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")

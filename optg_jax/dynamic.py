@@ -19,6 +19,7 @@ uniform, or Erdős–Rényi-Kernel, `erk_densities`), drawn at random at
 t_end))` (`drop_fraction`):
 
   survivors = the kept - n of the active weights with the largest |W|
+              (the weights step t ran with, before its update)
   grown     = the n entries outside `survivors` with the largest |G|
               (RigL) or random keys (SET): a weight just dropped may regrow
   M_{t+1}   = survivors | grown               (exactly `kept` per layer)
@@ -32,10 +33,18 @@ Ties go to the lowest flat index and a NaN ranks highest, as in
       optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9)),
       total_steps=num_steps)
 
+`G` must be the gradient with respect to the masked weights `W * M`, taken
+where the model runs (`jax.grad` of the loss at `apply_masks(params,
+masks)`, or at the params under `keep_sparse`): it is nonzero at the
+inactive weights too. A gradient taken through the mask (`jax.grad` of a
+loss that applies the masks itself) is zero there, and growth could only
+bring back what the drop just removed.
+
 Where this differs from the RigL release, by choice: the release skips the
 weights' update on a mask-update step (its gradient serves the growth
 only); here that step's update is applied, with the masks in force, and
-the new masks follow it, as SET does. The release also updates at its
+the new masks take effect from the next step. The drop ranks the weights
+the step ran with, as the release's does. The release also updates at its
 begin step 0, before any training, where the masks are random anyway; the
 first update here follows step `delta_t - 1`.
 """
@@ -229,7 +238,7 @@ def _checked(method, sparsity, total_steps, delta_t, alpha, t_end, budget,
   if not (isinstance(power, (int, float)) and power > 0):
     raise ValueError(f"{method}: power must be a number > 0, got {power!r}")
   if t_end is None:
-    t_end = int(DEFAULT_END_FRACTION * total_steps)
+    t_end = max(1, int(DEFAULT_END_FRACTION * total_steps))
   if isinstance(t_end, bool) or not isinstance(t_end, (int, np.integer)) \
       or not 1 <= t_end <= total_steps:
     raise ValueError(f"{method}: t_end must be an int in [1, total_steps="
@@ -246,7 +255,9 @@ def dynamic_sparse_masks(sparsity: float, *, method: str, total_steps: int,
 
   What `mask_transform` is to OptG: its state is an `OptGState` (no scores,
   no momentum) whose masks are at the budget from `init` on; the updates it
-  passes on are the gradients masked by the masks in force. It leaves the
+  is given must be the gradients with respect to the masked weights (see
+  the module's docstring: not through the mask), and those it passes on
+  are them masked by the masks in force. It leaves the
   weights alone: grown weights keep whatever value the params hold, so wrap
   the chain in `regrow_at_zero` (or build it with `dynamic_sparse`) for
   RigL's zero-initialised growth and momentum reset. The model runs on

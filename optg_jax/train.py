@@ -2,13 +2,15 @@
 
 The harness behind `launch/train.py`: it validates the configuration, builds
 the input pipeline, the Flax model and the optax chain
-`mask_transform -> add_decayed_weights -> sgd(momentum)`, and runs the
+`mask_transform -> add_decayed_weights -> sgd(momentum)` (for RigL and SET,
+`dynamic_sparse` around the same weights' optimizer), and runs the
 train step over the devices (`jax.pmap` by default, `jax.jit` over a mesh
 with `config.parallelism="jit"`), with orbax checkpoints (resumed
 automatically), clu metrics, and a summary of the sparse model at the end.
 `config.method` is "optg", "magnitude" (gradual magnitude pruning through
-the same transform) or "dense" (no masks), so the baselines run through the
-same code.
+the same transform), "taylor" (the one-shot criterion), "rigl" or "set"
+(sparse from the first step, `optg_jax.dynamic`) or "dense" (no masks), so
+the baselines run through the same code.
 
 This module gathers the names a user of the harness calls: the entry point,
 `Run` and the steps, the checkpoint helpers, and the errors a run ends with

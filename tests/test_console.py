@@ -55,6 +55,7 @@ def test_checkpoint_manager_keeps_the_last_keep_checkpoints(tmp_path):
   assert runs.checkpoint_steps(tmp_path) == [40, 50]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_console_is_a_few_lines_with_progress_and_eta(reference_console):
   workdir, console = reference_console
@@ -112,6 +113,7 @@ def test_console_is_a_few_lines_with_progress_and_eta(reference_console):
   assert "Done in " in lines[-1] and str(workdir) in lines[-1]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_verbosity_1_brings_the_library_logs_back(reference_console,
                                                   tmp_path):

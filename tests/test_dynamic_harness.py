@@ -13,7 +13,9 @@ import pytest
 
 import optg_jax as optg
 from optg_jax import data
+from optg_jax import models
 from optg_jax import train
+from optg_jax.harness.cost import StepCost
 from optg_jax.harness.errors import ConfigError
 from optg_jax.studies import study
 import runs
@@ -56,16 +58,25 @@ def test_the_budget_holds_at_every_step_and_the_masks_move_when_due(method):
     state, metrics = p_train(state, next(batches), step)
     new = run.parallel.host(optg.get_masks(state.opt_state))
     assert kept_per_layer(new) == budgets, step
-    if any(np.any(a != b) for a, b in zip(jax.tree.leaves(new),
-                                          jax.tree.leaves(masks))):
+    grown = [n & ~o for n, o in zip(jax.tree.leaves(new),
+                                    jax.tree.leaves(masks))]
+    if any(g.any() for g in grown):
       moved.append(step)
+      # Grown weights start at zero, their momentum too.
+      params = jax.tree.leaves(run.parallel.host(state.params))
+      kernels = [p for p in params if p.ndim == 2]
+      trace = [t for t in jax.tree.leaves(run.parallel.host(
+          state.opt_state)) if np.ndim(t) == 2 and t.dtype == np.float32]
+      assert sum(int(g.sum()) for g in grown) > 10
+      for g, p in zip(grown, kernels):
+        assert np.all(p[g] == 0)
+      assert len(trace) == 3  # SGD's momentum of the three kernels.
+      for g, t in zip(grown, trace):
+        assert np.all(t[g] == 0) and np.any(t[~g] != 0)
     masks = new
     np.testing.assert_allclose(
         np.asarray(metrics["scheduled_sparsity"]), 0.9, rtol=1e-7)
   assert moved == [4, 9]
-  # The params of a grown weight start at zero.
-  params = run.parallel.host(state.params)
-  assert params["fc1"]["kernel"].shape == SHAPES[0]
 
 
 def macs_of(budgets):
@@ -129,7 +140,11 @@ def test_training_macs_survive_a_restart_and_are_none_without_a_ledger(
                            "'magnitude', not 'rigl'"),
     ({"end_fraction": 0.0}, "end_fraction must be in (0, 1], got 0.0"),
     ({"min_kept_per_unit": 2}, "min_kept_per_unit is an option of OptG's "
-                               "ranking; method 'rigl' does not take it"),
+                               "ranking; method 'rigl' does not take it "
+                               "(pass --config.min_kept_per_unit=0)"),
+    ({"score_normalization": "layer_rms"},
+     "score_normalization is an option of OptG's ranking; method 'rigl' "
+     "does not take it (pass --config.score_normalization='')"),
     ({"budget": "random"}, "config.budget: unknown budget 'random'; valid "
                            "budgets: erk, uniform"),
     ({"delta_t": 0}, "config.delta_t: rigl: delta_t must be an int >= 1, "
@@ -167,3 +182,30 @@ def test_study_methods_of_rigl_and_set():
   # rigl and rigl+2x are two configs, so both may run in one study.
   runs_ = study.plan(["rigl", "rigl+2x", "set"], [0.9], [0], base_config=base)
   assert [r.method for r in runs_] == ["rigl", "rigl+2x", "set"]
+
+
+@pytest.mark.parametrize("method, refresh, expected", [
+    # f_D = 50,200; the masks below keep 1,000 + 500 + the head's 1,000.
+    ("dense", None, 3 * 50_200),
+    ("magnitude", True, 3 * 2_500),
+    ("set", True, 3 * 2_500),
+    ("optg", False, 2 * 2_500 + 50_200),
+    ("taylor", True, 2 * 2_500 + 50_200),
+    ("rigl", False, 3 * 2_500),
+    ("rigl", True, 2 * 2_500 + 50_200),
+])
+def test_step_cost_is_each_methods_accounting(method, refresh, expected):
+  cost = StepCost(models.create("lenet_300_100", 10), (8, 8, 1), method)
+  fc1 = np.zeros(SHAPES[0], bool)
+  fc1.flat[:1000] = True
+  fc2 = np.zeros(SHAPES[1], bool)
+  fc2.flat[::60] = True
+  masks = {"fc1": {"kernel": fc1, "bias": None},
+           "fc2": {"kernel": fc2, "bias": None},
+           "head": {"kernel": None, "bias": None}}
+  assert int(fc2.sum()) == 500
+  assert cost.dense == DENSE_FORWARD == 50_200
+  assert float(cost(None if method == "dense" else masks, refresh)) == expected
+  if method == "rigl":
+    with pytest.raises(ValueError, match="needs the step's refresh"):
+      cost(masks, None)

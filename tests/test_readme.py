@@ -185,13 +185,18 @@ def check_sharded(namespace, printed):
 
 
 def check_dynamic(namespace, printed):
-  """RigL's ERK budget held at every step (the block asserts it), the
-  figures the guide quotes, and grown weights that started at zero."""
-  assert printed.split() == ["[165,", "73]", "0.8994932432432432"], printed
+  """RigL's ERK budget held at every step (the block asserts it), masks
+  that moved (growth from the gradient at the masked weights) and the
+  figures the guide quotes."""
+  assert printed.split()[:3] == ["[165,", "73]", "0.8994932432432432"], (
+      printed)
+  moved = int(printed.split()[3])
   masks = optg.get_masks(namespace["opt_state"])
   assert [int(m.sum()) for m in jax.tree.leaves(masks)] == [165, 73]
-  text = (DOCS / "guides" / "dynamic.md").read_text()
-  assert "238 of 2,368 weights" in " ".join(text.split())
+  text = " ".join((DOCS / "guides" / "dynamic.md").read_text().split())
+  assert "238 of 2,368 weights" in text
+  assert 0 < moved == pytest.approx(
+      number(text, r"not at the start \((\d+) here\)"), abs=15)
 
 
 CHECKS = {

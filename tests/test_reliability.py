@@ -39,6 +39,7 @@ def assert_same_final_state(workdir, reference_workdir):
   runs.assert_trees_equal(a.opt_state, b.opt_state)
 
 
+@pytest.mark.long
 def test_replicas_are_identical(reference):
   _, summary = reference
   assert summary["replicas_identical"] is True

@@ -94,6 +94,10 @@ def test_the_refresh_period_modifiers_are_those_period_family_drops():
         f"optg+{modifier}")
     assert (study.period_family(f"optg+{modifier}") == "optg") == (
         sets_period), modifier
+  for modifier in ("dt50", "drop0.5", "2x"):
+    sets_period = "delta_t" in study.parse_method(f"rigl+{modifier}")
+    assert (study.period_family(f"rigl+{modifier}") == "rigl") == (
+        sets_period), modifier
 
 
 def test_plan_runs_dense_once_per_seed():

@@ -126,7 +126,8 @@ def validate_config(config: ml_collections.ConfigDict,
     for name in ("min_kept_per_unit", "score_normalization"):
       if config[name]:
         fail(f"{name} is an option of OptG's ranking; method "
-             f"{config.method!r} does not take it")
+             f"{config.method!r} does not take it (pass "
+             f"--config.{name}={'0' if name == 'min_kept_per_unit' else chr(39) * 2})")
   # The library takes 0 (a frozen network); a run needs a positive one.
   if config.learning_rate <= 0:
     fail(f"learning_rate must be positive, got {config.learning_rate!r}")

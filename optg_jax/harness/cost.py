@@ -14,9 +14,10 @@ weights:
   rigl                  3 f_S, and 2 f_S + f_D at a mask update (`|G|`)
 
 the accounting of the RigL paper (Evci et al., 2020, appendix H), applied
-to every method alike. The harness sums the figure over the steps a run
-trains (`StepCost` in the compiled step, `CostLedger` on the host, which
-survives preemption) and multiplies by the batch size: `summary.json`'s
+to every method alike. Each step's figure is a float32 (exact below 2**24,
+else to a relative 6e-8); the harness sums them in float64 over the steps a
+run trains (`StepCost` in the compiled step, `CostLedger` on the host,
+which survives preemption) and multiplies by the batch size: `summary.json`'s
 `training_macs`, beside `dense_training_macs`, a dense run's.
 """
 
@@ -69,6 +70,10 @@ class StepCost:
 
   def __call__(self, masks, refresh: Optional[bool]):
     """The step's MACs per example (float32); `refresh` as the step's."""
+    if self.method == "rigl" and refresh is None:
+      raise ValueError("RigL's step cost needs the step's refresh, chosen on "
+                       "the host (Run.refresh_of): a mask-update step also "
+                       "computes the dense gradient")
     dense = jnp.float32(self.dense)
     if self.method == "dense" or masks is None:
       return 3 * dense

@@ -13,7 +13,7 @@ PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_macs.png",
          "schedules.png")
 # The modifiers that set a method's refresh period: those of the kind
 # "refresh period" in `optg_jax.studies.study` (a test holds them equal).
-_PERIOD_MODIFIER = re.compile(r"every\d+|epoch")
+_PERIOD_MODIFIER = re.compile(r"every\d+|epoch|dt\d+")
 EXIT_BAD_INPUT, EXIT_IO = 2, 4
 
 
@@ -65,7 +65,8 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
 
 def period_family(method: str) -> str:
   """The method without its refresh-period modifier: "optg+every8+floor1"
-  -> "optg+floor1" (`parse_method` refuses a method with two)."""
+  -> "optg+floor1", "rigl+dt50" -> "rigl" (`parse_method` refuses a method
+  with two)."""
   base, *modifiers = method.split("+")
   return "+".join([base] + [m for m in modifiers
                             if not _PERIOD_MODIFIER.fullmatch(m)])

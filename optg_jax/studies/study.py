@@ -21,18 +21,14 @@ modifiers joined with "+", each setting config fields:
   rms        rank layer-RMS-normalised scores (`score_normalization`)
   N:M        N:M masks, N kept of every M weights, 0 < N < M (`structure`,
              and `min_kept_per_unit=0`: no floor with a structure)
-  dt<N>      RigL and SET: move the masks every N steps (`delta_t`)
-  drop<F>    RigL and SET: the initial drop fraction F (`drop_fraction`)
-  <N>x       train N times as many epochs as the config (`rigl+2x`: RigL at
-             about the training MACs of OptG's run)
+  dt<N>      RigL, SET: move the masks every N steps (`delta_t`)
+  drop<F>    RigL, SET: the initial drop fraction F (`drop_fraction`)
+  <N>x       N times the config's epochs (`rigl+2x`, to compare at a cost)
 
-The first six are OptG's and magnitude pruning's (and "taylor"'s), dt and
-drop RigL's and SET's.
-
-e.g. "optg+every1", "magnitude+every1", "optg+epoch+floor1". Without a
-modifier the config's own fields stand. A method takes one modifier of each
-kind: every<N> or epoch (the refresh period), stepwise or epochwise, one
-floor, one N:M ("optg+every8+epoch" is refused).
+e.g. "optg+every1", "optg+epoch+floor1", "rigl+dt50". Without a modifier
+the config's own fields stand. A method takes one modifier of each kind
+(every<N>, epoch or dt<N> set the refresh period: "optg+every8+epoch" is
+refused).
 
 The grid is canonical: repeated seeds or sparsities are run once, two
 sparsities closer than the harness's target tolerance are refused (no run
@@ -46,12 +42,11 @@ One study at a time holds `DIR/study.lock`. A damaged `summary.json` is set
 aside (`summary.json.damaged`) and its run redone from its checkpoints.
 
 The results: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ±
-std over seeds) and PNG plots in `DIR/`: accuracy against sparsity,
-accuracy against sparse MACs, the learned per-layer sparsity of each method
-at one sparsity, and the sparsity and mask-learning-rate schedules. When
-methods differ only in their refresh period (`optg+every8`, `optg+epoch`,
-...), `results.md` also has accuracy by refresh period, and a plot of
-accuracy against the period (log scale).
+std over seeds, the worst run, training MACs) and PNG plots in `DIR/`:
+accuracy against sparsity, sparse MACs and training MACs, the per-layer
+sparsity of each method at one sparsity, the schedules. When methods differ
+only in their refresh period (`optg+every8`, `optg+epoch`, `rigl+dt50`),
+`results.md` also has accuracy by refresh period, and a plot of it.
 """
 
 import csv
@@ -83,8 +78,8 @@ from optg_jax.studies.report import StudyError
 BASE_METHODS = ("optg", "magnitude", "taylor", "rigl", "set", "dense")
 DYNAMIC_BASES = ("rigl", "set")
 RESULT_FIELDS = ("method", "sparsity", "seed", "refresh_period",
-                 "eval_accuracy",
-                 "actual_sparsity", "kept_params", "sparse_macs",
+                 "eval_accuracy", "actual_sparsity", "kept_params",
+                 "sparse_macs",
                  "dense_macs", "training_macs", "collapsed_layers",
                  "dead_units",
                  "fatal_collapse", "wall_time_s", "steps", "status")
@@ -107,17 +102,17 @@ _MODIFIERS = (
     # transform refuses one with a structure).
     (re.compile(r"(\d+):(\d+)$"), "N:M structure",
      lambda m: {"structure": m.group(0), "min_kept_per_unit": 0}),
-    (re.compile(r"dt(\d+)$"), "mask update period",
+    # RigL's and SET's refresh period.
+    (re.compile(r"dt(\d+)$"), "refresh period",
      lambda m: {"delta_t": int(m.group(1))}),
     (re.compile(r"drop(\d*\.\d+|\d+)$"), "drop fraction",
      lambda m: {"drop_fraction": float(m.group(1))}),
     (re.compile(r"(\d+)x$"), "training length",
      lambda m: {"epochs_factor": int(m.group(1))}),
 )
-# The kinds of modifier that only RigL and SET take, and those they do not.
-_DYNAMIC_KINDS = ("mask update period", "drop fraction")
-_SCHEDULED_KINDS = ("refresh period", "sparsity granularity", "unit floor",
-                    "score normalization", "N:M structure")
+# The modifiers of RigL and SET only, and those they do not take.
+_DYNAMIC_ONLY = re.compile(r"dt\d+|drop.*")
+_SCHEDULED_ONLY = re.compile(r"every\d+|epoch\w*|stepwise|floor\d+|rms|\d+:\d+")
 
 
 # Two target sparsities closer than this cannot be told apart by a run
@@ -172,7 +167,7 @@ def parse_method(spec: str) -> Dict[str, Any]:
                        f"set the {kind}; a method takes one of each kind, "
                        "keep one")
     dynamic = base in DYNAMIC_BASES
-    if kind in (_SCHEDULED_KINDS if dynamic else _DYNAMIC_KINDS):
+    if (_SCHEDULED_ONLY if dynamic else _DYNAMIC_ONLY).fullmatch(modifier):
       raise StudyError(
           f"method {spec!r}: {modifier} is "
           + (f"OptG's and magnitude pruning's, not {base}'s" if dynamic
@@ -185,9 +180,9 @@ def parse_method(spec: str) -> Dict[str, Any]:
                      f"({kinds['unit floor']}) does not apply; keep one")
   if any(re.fullmatch(r"every0+", m) for m in modifiers):
     raise StudyError(f"method {spec!r}: every<N> needs N >= 1")
-  for name, low in (("delta_t", 1), ("epochs_factor", 1)):
-    if fields.get(name, low) < low:
-      raise StudyError(f"method {spec!r}: {name} must be at least {low}")
+  for name in ("delta_t", "epochs_factor"):
+    if fields.get(name, 1) < 1:
+      raise StudyError(f"method {spec!r}: {name} must be at least 1")
   if not 0 <= fields.get("drop_fraction", 0) <= 1:
     raise StudyError(f"method {spec!r}: the drop fraction must be in [0, 1]")
   if "structure" in fields:
@@ -303,7 +298,10 @@ def run_config(base_config, run: StudyRun):
   """The base config with the run's method, sparsity and seed."""
   config = base_config.copy_and_resolve_references()
   fields = parse_method(run.method)
-  config.num_epochs *= fields.pop("epochs_factor", 1)
+  factor = fields.pop("epochs_factor", 1)
+  config.num_epochs *= factor
+  if config.get("num_train_steps", -1) > 0:  # A run cut short: as much.
+    config.num_train_steps *= factor
   for key, value in fields.items():
     config[key] = value
   if run.method != "dense":
