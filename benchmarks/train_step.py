@@ -79,7 +79,7 @@ def device_branches(run, state, batch, step: int) -> int:
       functools.partial(train.train_step, model=run.model, tx=run.tx,
                         schedules=run.schedules,
                         label_smoothing=run.config.label_smoothing,
-                        sparse=run.sparse, cost=run.cost),
+                        sparse=run.sparse),
       functools.partial(train.eval_step, model=run.model))
   text = p_train(run.refresh_of(step)).lower(state, batch).as_text()
   return len(re.findall(r"stablehlo\.(?:case|if|while)\b", text))

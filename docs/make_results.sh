@@ -96,3 +96,18 @@ $S $MLP_VAL --config.num_epochs=24 --config.beta=1.0 \
    --sparsities=0.95,0.99 --seeds=0,1,2 --workdir=workdirs/length_mlp \
    --title="LeNet-300-100, Fashion-MNIST validation: 24 epochs, beta 1" \
    $DOC --section=length_mlp
+
+# 7. OptG against RigL and SET (ERK budgets), with the runs' training MACs.
+# Their delta_t and alpha are chosen on validation images (the best mean
+# over 95% and 99%), then the test studies use the chosen recipes.
+DST_SELECT=rigl+dt25,rigl+dt25+drop0.5,rigl+dt100,rigl+dt100+drop0.5,rigl+dt400,rigl+dt400+drop0.5,set+dt25,set+dt25+drop0.5,set+dt100,set+dt100+drop0.5,set+dt400,set+dt400+drop0.5,rigl+dt100+drop0.7,rigl+dt400+drop0.7,set+dt10,set+dt10+drop0.5
+$S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
+   --config.validation_size=5000 --methods=$DST_SELECT \
+   --sparsities=0.95,0.99 --seeds=0,1 --workdir=workdirs/select_dst_mlp \
+   --title="LeNet-300-100, Fashion-MNIST validation: RigL and SET recipes" \
+   $DOC --section=select_dst_mlp
+$S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
+   --methods=optg,magnitude,rigl+dt100+drop0.9,set+dt10+drop0.5,dense \
+   --sparsities=0.9,0.95,0.99 --seeds=0,1,2,3,4 --workdir=workdirs/dst_mlp \
+   --title="LeNet-300-100 on Fashion-MNIST: OptG, RigL, SET, magnitude (test)" \
+   $DOC --section=dst_mlp

@@ -209,3 +209,19 @@ def test_step_cost_is_each_methods_accounting(method, refresh, expected):
   if method == "rigl":
     with pytest.raises(ValueError, match="needs the step's refresh"):
       cost(masks, None)
+
+
+def test_collapse_warnings_name_the_last_mask_update_before_t_end(caplog):
+  """After RigL's t_end the masks stay: a change of dead units seen then
+  is dated at the last update, not at a later multiple of delta_t."""
+  from optg_jax.harness.summary import CollapseWatch  # pylint: disable=g-import-not-at-top
+  masks = {"fc1": {"kernel": np.ones((4, 3), bool)},
+           "fc2": {"kernel": np.ones((3, 2), bool)}}
+  masks["fc1"]["kernel"][:, 1] = False  # A dead unit of fc1.
+  report = optg.sparsity_report(masks)
+  for t_end, expected in ((250, 200), (None, 900)):
+    caplog.clear()
+    watch = CollapseWatch("fc1/kernel", "fc2/kernel", 100, t_end)
+    with caplog.at_level("WARNING"):
+      watch.check(report, 1000)
+    assert f"Mask refresh at step {expected} " in caplog.text, caplog.text

@@ -14,11 +14,11 @@ weights:
   rigl                  3 f_S, and 2 f_S + f_D at a mask update (`|G|`)
 
 the accounting of the RigL paper (Evci et al., 2020, appendix H), applied
-to every method alike. Each step's figure is a float32 (exact below 2**24,
-else to a relative 6e-8); the harness sums them in float64 over the steps a
-run trains (`StepCost` in the compiled step, `CostLedger` on the host,
-which survives preemption) and multiplies by the batch size: `summary.json`'s
-`training_macs`, beside `dense_training_macs`, a dense run's.
+to every method alike. The harness sums the figure over the steps a run
+trains (`StepCost`; `CostLedger`, which survives preemption) and multiplies
+by the batch size: `summary.json`'s `training_macs`, beside
+`dense_training_macs`, a dense run's. `f_S` is a float32 sum on the device
+(exact below 2**24 MACs per example, else to a relative 6e-8).
 """
 
 import json
@@ -35,7 +35,11 @@ LEDGER_FILE = "training_macs.json"
 
 
 class StepCost:
-  """The MACs of one step per example, computed in the compiled step.
+  """The MACs of one step per example.
+
+  `f_S` is computed on the device when the masks change (`forward_of`, a
+  reduction over the masks), never in the train step; the per-step figure
+  follows on the host (`step_macs`), in float64.
 
   Args:
     model: the Flax model.
@@ -52,6 +56,7 @@ class StepCost:
     self.dense = int(macs.dense)
     self.positions: Dict[str, int] = {
         layer.path: layer.output_size for layer in macs.per_layer}
+    self._forward = None
 
   def dense_step(self) -> int:
     """A dense step's MACs per example, `3 f_D`."""
@@ -68,33 +73,61 @@ class StepCost:
         pruned += removed.astype(jnp.float32) * jnp.float32(positions)
     return jnp.float32(self.dense) - pruned
 
-  def __call__(self, masks, refresh: Optional[bool]):
-    """The step's MACs per example (float32); `refresh` as the step's."""
+  def forward_of(self, masks):
+    """`f_S` of `masks` as a device scalar (None for a dense run), computed
+    once per change of the masks: not in the train step."""
+    if masks is None:
+      return None
+    if self._forward is None:
+      self._forward = jax.jit(self.sparse_forward)
+    return self._forward(masks)
+
+  def step_macs(self, forward: Optional[float], refresh: Optional[bool]
+                ) -> float:
+    """One step's MACs per example, from `f_S` of the masks in force
+    (`forward`, None for a dense run) and the step's `refresh`."""
     if self.method == "rigl" and refresh is None:
       raise ValueError("RigL's step cost needs the step's refresh, chosen on "
                        "the host (Run.refresh_of): a mask-update step also "
                        "computes the dense gradient")
-    dense = jnp.float32(self.dense)
-    if self.method == "dense" or masks is None:
+    dense = float(self.dense)
+    if self.method == "dense" or forward is None:
       return 3 * dense
-    sparse = self.sparse_forward(masks)
+    sparse = float(forward)
     if self.method in ("optg", "taylor") or (self.method == "rigl" and
                                              refresh):
       return 2 * sparse + dense
     return 3 * sparse
 
+  def __call__(self, masks, refresh: Optional[bool]) -> float:
+    """`step_macs` of the masks in force (host arrays or device arrays)."""
+    forward = self.forward_of(masks)
+    return self.step_macs(None if forward is None else float(forward),
+                          refresh)
+
+  def values(self, steps) -> list:
+    """`step_macs` of `(forward, refresh)` pairs, the forwards fetched from
+    the device together."""
+    forwards = jax.device_get([f for f, _ in steps])
+    return [self.step_macs(f, r) for f, (_, r) in zip(forwards, steps)]
+
 
 class CostLedger:
   """The sum of the steps' MACs per example, kept across preemptions.
 
+  The loop hands it each step (`step`: `f_S` of the masks in force, a
+  device scalar, and the step's `refresh`); `flush` fetches and adds them.
   `WORKDIR/training_macs.json` maps each checkpointed step to the sum up to
-  it (written before the checkpoint, so a checkpoint's step always has its
-  entry unless the run began before this file existed); a resumed run reads
-  its start step's sum. A run resumed without one has no total (`None`).
+  it (`record`, before the checkpoint is written, so a checkpoint's step
+  always has its entry unless the run began before this file existed); a
+  resumed run reads its start step's sum. A run resumed without one has no
+  total (`None`).
   """
 
-  def __init__(self, workdir: str, start_step: int):
+  def __init__(self, workdir: str, start_step: int, cost: StepCost):
     self.path = os.path.join(workdir, LEDGER_FILE)
+    self.cost = cost
+    self.pending = []
     self.sums: Dict[str, float] = {}
     if os.path.exists(self.path):
       with open(self.path) as f:
@@ -103,17 +136,23 @@ class CostLedger:
     self.total: Optional[float] = (
         0.0 if start_step == 0 else self.sums.get(str(start_step)))
 
-  def add(self, step_macs) -> None:
-    """Adds the steps' figures (host floats), in float64."""
-    if self.total is not None:
-      self.total += float(sum(float(x) for x in step_macs))
+  def step(self, forward, refresh: Optional[bool]) -> None:
+    """Notes a step: `f_S` of its masks (device scalar or None) and its
+    `refresh`."""
+    self.pending.append((forward, refresh))
 
-  def record(self, step: int, pending=()) -> None:
-    """Writes the sum up to `step` (`pending`: steps not yet added)."""
+  def flush(self) -> None:
+    """Adds the noted steps, in float64."""
+    if self.pending and self.total is not None:
+      self.total += float(sum(self.cost.values(self.pending)))
+    self.pending = []
+
+  def record(self, step: int) -> None:
+    """Flushes, then writes the sum up to `step` (process 0)."""
+    self.flush()
     if self.total is None or jax.process_index() != 0:
       return
-    self.sums[str(step)] = self.total + float(sum(float(x)
-                                                  for x in pending))
+    self.sums[str(step)] = self.total
     with open(self.path + ".tmp", "w") as f:
       json.dump(self.sums, f, indent=1)
     os.replace(self.path + ".tmp", self.path)

@@ -144,11 +144,13 @@ def _train(run: Run, place, sigterm: SigtermFlag,
                                     "batch_stats": state.batch_stats},
                         run.info.image_shape)
   watch = CollapseWatch(layers[0] if layers else None,
-                         layers[-1] if layers else None, run.update_every)
+                         layers[-1] if layers else None, run.update_every,
+                         run.t_end)
   p_train, p_eval = run.compiled_steps()
   state = run.parallel.place(jax.device_get(state))
   history = EvalHistory(workdir, start_step, run.target)
-  ledger = CostLedger(workdir, start_step)
+  ledger = CostLedger(workdir, start_step, run.cost)
+  forward, masks_moved = None, True  # `f_S` of the masks in force.
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -181,7 +183,13 @@ def _train(run: Run, place, sigterm: SigtermFlag,
   for step in range(start_step, run.total_steps):
     batch = next(train_iter)
     done = step + 1
+    if run.sparse and masks_moved:  # After a refresh: once, not per step.
+      forward = run.cost.forward_of(run.parallel.one(
+          optg.get_masks(state.opt_state)))
+    refresh = run.refresh_of(step)
     state, metrics = p_train(state, batch, step)
+    ledger.step(forward, refresh)
+    masks_moved = refresh is not False
     if step == start_step:
       progress.start(metrics)  # Once compiled and run.
     train_metrics.append(metrics)
@@ -201,10 +209,10 @@ def _train(run: Run, place, sigterm: SigtermFlag,
         last_evaluation = (done, _epoch_evaluation(run, state, p_eval,
                                                    writer, history, done))
     if sigterm.agreed(at_log):
-      pending = check_finite(run, train_metrics, done)
+      check_finite(run, train_metrics, done)
       if last_saved != done:
         place.check_present(done)
-        _save(run, manager, state, ledger, done, pending)
+        _save(run, manager, state, ledger, done)
       writer.flush()
       raise Preempted(done)
     last_saved = _save_if_due(run, place, state, manager, done, last_saved,
@@ -279,10 +287,10 @@ def _save_if_due(run, place, state, manager, done, last_saved,
   if done >= run.total_steps:
     return last_saved  # The end of the run saves.
   if itstime(done, run.config.checkpoint_every_steps):
-    pending = check_finite(run, train_metrics, done)
+    check_finite(run, train_metrics, done)
     place.check_present(done)
     with progress.paused(state):
-      _save(run, manager, state, ledger, done, pending)
+      _save(run, manager, state, ledger, done)
     return done
   return last_saved
 
@@ -310,7 +318,7 @@ def check_finite_and_log(run: Run, writer, train_metrics, step, state,
                          ledger: Optional[CostLedger] = None):
   """`check_finite`, then writes the averaged train metrics.
 
-  With a `ledger`, the steps' MACs (`train_macs`) are added to it.
+  With a `ledger`, the steps' MACs noted in it are added up.
 
   With a `watch`, the masks in force are checked for collapsed layers and
   dead units, and a change since the last check is logged as a warning.
@@ -322,7 +330,7 @@ def check_finite_and_log(run: Run, writer, train_metrics, step, state,
   if not host:
     return None
   if ledger is not None:
-    ledger.add(m["train_macs"] for m in host)
+    ledger.flush()
   summary = {f"train_{k}": float(np.mean([m[k] for m in host]))
              for k in ("loss", "accuracy")}
   last = host[-1]
@@ -349,14 +357,13 @@ def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
 
 
 def _save(run: Run, manager, state, ledger: Optional[CostLedger] = None,
-          step: Optional[int] = None, pending=()):
+          step: Optional[int] = None):
   """Saves the placed state's host copy in the workdir's checkpoints.
 
-  With a `ledger`, first records its MACs up to `step` (`pending`: the host
-  metrics of the steps it has not added yet).
+  With a `ledger`, first records its MACs up to `step`.
   """
   if ledger is not None:
-    ledger.record(step, [m["train_macs"] for m in pending])
+    ledger.record(step)
   checkpoints.save_in_workdir(manager, run.parallel.host(state), run.config)
 
 

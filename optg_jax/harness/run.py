@@ -124,8 +124,7 @@ class Run:
     """
     train = functools.partial(
         train_step, model=self.model, tx=self.tx, schedules=self.schedules,
-        label_smoothing=self.config.label_smoothing, sparse=self.sparse,
-        cost=self.cost)
+        label_smoothing=self.config.label_smoothing, sparse=self.sparse)
     evaluate = functools.partial(eval_step, model=self.model)
     train_for, evaluate = self.parallel.compile(train, evaluate)
 

@@ -43,8 +43,7 @@ def _mean_over(axis_name: Optional[str]):
 def train_step(state: TrainState, batch, *, model, tx, schedules: Schedules,
                label_smoothing: float, sparse: bool,
                axis_name: Optional[str] = "batch",
-               return_grads: bool = False, refresh: Optional[bool] = None,
-               cost=None):
+               return_grads: bool = False, refresh: Optional[bool] = None):
   """One step: forward on the masked weights, mean gradients, optax update.
 
   Args:
@@ -61,8 +60,6 @@ def train_step(state: TrainState, batch, *, model, tx, schedules: Schedules,
     refresh: `mask_transform`'s `refresh`, chosen on the host
       (`Run.refresh_of`): False compiles a step without the top-k, True one
       that refreshes where due; None decides on the device.
-    cost: None, or the step's MACs per example as a function of the masks
-      in force and `refresh` (`cost.StepCost`): the metric `train_macs`.
 
   A step whose loss or gradients are not finite leaves the state unchanged
   (but for the step count) and reports `finite = 0`; the host stops the run.
@@ -119,9 +116,7 @@ def train_step(state: TrainState, batch, *, model, tx, schedules: Schedules,
       # Finite loss and gradients (an fp16 overflow is handled by the scale).
       "finite": finite.astype(jnp.float32),
   }
-  if cost is not None:
-    metrics["train_macs"] = cost(
-        optg.get_masks(state.opt_state) if sparse else None, refresh)
+
   if return_grads:
     return new_state, metrics, grads
   return new_state, metrics

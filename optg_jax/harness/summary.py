@@ -53,9 +53,11 @@ def collapse_findings(report, input_layer: Optional[str],
 class CollapseWatch:
   """Warns once per change when a refresh cuts a layer or a unit off."""
 
-  def __init__(self, input_layer, output_layer, update_every: int):
+  def __init__(self, input_layer, output_layer, update_every: int,
+               t_end: Optional[int] = None):
     self.input_layer, self.output_layer = input_layer, output_layer
     self.update_every = update_every
+    self.t_end = t_end  # RigL's and SET's last mask update, or None.
     self.last = None
 
   def check(self, report, step: int):
@@ -67,6 +69,9 @@ class CollapseWatch:
       return
     if self.last is not None or any(key):
       refresh = optg.last_refresh_step(step, self.update_every)
+      if self.t_end is not None:
+        refresh = min(refresh, self.t_end // self.update_every *
+                      self.update_every)
       if not any(key):
         logging.warning("Mask refresh at step %d: no layer or unit is cut "
                         "off any more", refresh)

@@ -186,8 +186,8 @@ def _labelled(ax, title, xlabel, ylabel, legend_size=8):
 
 def _training_macs_plot(plt, ax_title, stats, methods, sparsities, save):
   """Accuracy against the runs' training MACs: a colour per method, a
-  marker per sparsity."""
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  marker per sparsity, the legend beside the axes."""
+  fig, ax = plt.subplots(figsize=(8.4, 4.4))
   markers = "o^vD<>"
   for i, method in enumerate(methods):
     keys = [k for k in stats if k[0] == method and
@@ -197,16 +197,18 @@ def _training_macs_plot(plt, ax_title, stats, methods, sparsities, save):
                 markers[sparsities.index(k[1]) % len(markers)])
       ax.errorbar(stats[k]["training_macs"], stats[k]["accuracy_mean"],
                   yerr=stats[k]["accuracy_std"], capsize=3, marker=marker,
-                  color=f"C{i % 10}", label=method if k == keys[0] else None)
+                  color=f"C{i % 10}", ls="none",
+                  label=method if k == keys[0] else None)
   training = [st["training_macs"] for st in stats.values()
               if st["training_macs"] is not None]
   ax.set_xlim(min(training) / 1.5, max(training) * 1.5)
   ax.set_xscale("log")
-  legend = ", ".join(f"{m} {s:g}" for m, s in zip(markers, sparsities))
-  _labelled(ax, ax_title, "training MACs of the run (log scale)",
-            "eval accuracy (mean ± std over seeds)")
-  if legend:
-    ax.set_title(f"{ax_title}\nsparsity markers: {legend}", fontsize=9)
+  ax.set_xlabel("training MACs of the run (log scale); markers: " + ", ".join(
+      f"{m} {s:g}" for m, s in zip(markers, sparsities)))
+  ax.set_ylabel("eval accuracy (mean ± std over seeds)")
+  ax.set_title(ax_title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   save(fig, "accuracy_vs_training_macs.png")
 
 
