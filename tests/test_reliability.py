@@ -220,6 +220,7 @@ def damage(directory):
   assert count > 0
 
 
+@pytest.mark.long
 def test_half_written_checkpoint_is_never_loaded(stopped_at_20):
   workdir = stopped_at_20
   # What a process killed while saving step 30 leaves: orbax's temporary
@@ -235,6 +236,7 @@ def test_half_written_checkpoint_is_never_loaded(stopped_at_20):
   assert not os.path.exists(partial)
 
 
+@pytest.mark.long
 def test_corrupted_latest_checkpoint_falls_back_with_a_warning(
     stopped_at_20, caplog):
   workdir = stopped_at_20

@@ -239,6 +239,7 @@ def test_launch_bad_input_exits_nonzero_with_one_line(tmp_path, override,
   assert not workdir.exists()
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_quickstart_as_in_readme(quickstart_run):
   """The README's quick start: >= 90% accuracy at sparsity 0.9 +- 1e-3."""
