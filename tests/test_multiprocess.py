@@ -76,7 +76,8 @@ def test_two_processes_match_one_process_on_four_devices(reference,
   assert len(events) == 1
   assert sorted(n for n in os.listdir(multi) if not n.startswith("events")
                 ) == ["checkpoints", "config.json", "evaluations.json",
-                      "run.lock", "sparsity.txt", "summary.json"]
+                      "run.lock", "sparsity.txt", "summary.json",
+                      "training_macs.json"]
   assert [(r["step"], r["masks"]) for r in summary["evaluations"]] == [
       (23, "trained"), (46, "trained"), (69, "trained")]
 
