@@ -61,8 +61,8 @@ import optax
 from optg_jax import masks as masks_lib
 from optg_jax import topk
 from optg_jax.topk.keys import ALL_BITS
-from optg_jax.transform import _nothing_selected_message
-from optg_jax.transform import _prunable_tree
+from optg_jax.transform import nothing_selected_message
+from optg_jax.transform import prunable_tree
 from optg_jax.transform import default_where
 from optg_jax.transform import masks_after_update
 from optg_jax.transform import OptGState
@@ -295,13 +295,12 @@ def dynamic_sparse_masks(sparsity: float, *, method: str, total_steps: int,
 
   def init_fn(params):
     params = unwrap_nnx(params)
-    shapes = _prunable_tree(params, where, lambda p: tuple(jnp.shape(p)))
+    shapes = prunable_tree(params, where, lambda p: tuple(jnp.shape(p)))
     treedef = jax.tree.structure(params)
     flat = treedef.flatten_up_to(shapes)  # A shape or None per leaf.
     chosen = [s for s in flat if s is not None]
     if not chosen:
-      raise ValueError(_nothing_selected_message(params).replace(
-          "mask_transform", method))
+      raise ValueError(nothing_selected_message(params, method))
     kept = iter(budgets(chosen))
     init_key = jax.random.fold_in(base_key, 0)
     leaf = iter(range(len(chosen)))

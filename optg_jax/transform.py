@@ -112,7 +112,7 @@ def default_where(path: str, leaf: jax.Array) -> bool:
   return jnp.ndim(leaf) >= 2
 
 
-def _prunable_tree(params: PyTree, where: Where, fn) -> PyTree:
+def prunable_tree(params: PyTree, where: Where, fn) -> PyTree:
   """`fn(leaf)` on the leaves `where` selects, `None` on the others."""
 
   def select(path, leaf):
@@ -483,12 +483,12 @@ def mask_transform(sparsity: schedules.ScalarOrSchedule,
 
   def init_fn(params):
     params = unwrap_nnx(params)  # Flax NNX state: `where` sees the arrays.
-    masks = _prunable_tree(params,
+    masks = prunable_tree(params,
                            where, lambda p: _filled_like(p, True, bool))
     _check_prunable(params, masks, sparsity, min_kept_per_unit, structure,
                     indivisible)
     nothing = jax.tree.map(lambda _: None, masks)
-    zeros = lambda: _prunable_tree(
+    zeros = lambda: prunable_tree(
         params, where, lambda p: _filled_like(p, 0, jnp.float32))
     scores = nothing if criterion == "magnitude" else zeros()
     buffers = zeros() if criterion == "optg" else nothing
@@ -533,7 +533,7 @@ def _check_prunable(params, masks, sparsity, min_kept_per_unit, structure,
   """Refuses an `init` whose `where` selects nothing, or leaves the N:M
   pattern nothing to prune, or whose unit floors keep more than `k`."""
   if not jax.tree.leaves(masks):
-    raise ValueError(_nothing_selected_message(params))
+    raise ValueError(nothing_selected_message(params))
   if structure is not None:
     odd = nm.indivisible_leaves(masks, structure.m)
     if odd and indivisible == "error":
@@ -556,8 +556,12 @@ def _check_prunable(params, masks, sparsity, min_kept_per_unit, structure,
           f"sparsity {sparsity} keeps")
 
 
-def _nothing_selected_message(params: PyTree) -> str:
-  """Why `where` selected nothing: the paths and shapes it was shown."""
+def nothing_selected_message(params: PyTree,
+                             name: str = "mask_transform") -> str:
+  """Why `where` selected nothing: the paths and shapes it was shown.
+
+  `name`: the transformation that says it (`mask_transform`, "rigl"...).
+  """
   seen = [(path_to_str(path), _shape(leaf)) for path, leaf in
           jax.tree_util.tree_flatten_with_path(params)[0]]
   listed = ", ".join(f"{p or '(root)'} {list(s)}" for p, s in seen[:8])
@@ -566,9 +570,9 @@ def _nothing_selected_message(params: PyTree) -> str:
   hint = ""
   if seen and all(len(s) <= 1 for _, s in seen):
     hint = (" Every leaf is a vector: inside optax.flatten the transform "
-            "sees one flat vector; put mask_transform outside optax.flatten"
+            f"sees one flat vector; put {name} outside optax.flatten"
             " (flatten only the transformations after it).")
-  return (f"mask_transform: `where` selected no leaf to prune, so nothing "
+  return (f"{name}: `where` selected no leaf to prune, so nothing "
           f"would be pruned; it saw {len(seen)} "
           f"{'leaf' if len(seen) == 1 else 'leaves'}: {listed or 'none'}."
           + hint)

@@ -196,7 +196,7 @@ def check_dynamic(namespace, printed):
   text = " ".join((DOCS / "guides" / "dynamic.md").read_text().split())
   assert "238 of 2,368 weights" in text
   assert 0 < moved == pytest.approx(
-      number(text, r"not at the start \((\d+) here\)"), abs=15)
+      number(text, r"not at the start \((\d+) here;"), abs=15)
 
 
 CHECKS = {
