@@ -16,14 +16,21 @@ the dense step. The cost of one cold refresh (the global top-k of all
 scores) is also timed on its own and amortised over an ImageNet epoch of
 5,005 steps (batch 256).
 
+The host allocator is set as `launch/train.py` sets it (`--host_allocator`,
+`optg_jax/harness/host_memory.py`): on a CPU, "auto" keeps freed memory so
+that no step faults its temporary buffers in afresh. With glibc's defaults
+("system") the kernel time of those faults, printed per step, dominates the
+differences between the steps.
+
   python benchmarks/train_step.py [--model resnet50] [--batch_size 16] \
-      [--image_size 128] [--repeats 7]
+      [--image_size 128] [--repeats 7] [--host_allocator auto]
 """
 
 import argparse
 import functools
 import os
 import re
+import resource
 import statistics
 import sys
 import time
@@ -38,6 +45,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import optg_jax as optg  # pylint: disable=g-import-not-at-top
 from configs import fake_data_benchmark  # pylint: disable=g-import-not-at-top
 from optg_jax import train  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import host_memory  # pylint: disable=g-import-not-at-top
 
 
 EVERY_STEP_START = 9000  # Of the 10 epochs of 1,000 steps.
@@ -92,10 +100,15 @@ def main():
   parser.add_argument("--image_size", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--half_precision", action="store_true")
+  parser.add_argument("--host_allocator", default="auto",
+                      choices=host_memory.HOST_ALLOCATORS,
+                      help="config.host_allocator, as launch/train.py sets "
+                      "it before JAX starts")
   parser.add_argument("--warmup_steps", type=int, default=4,
                       help="steps before timing (compiles; the every-step "
                       "run's scores train and its top-k hint is set)")
   args = parser.parse_args()
+  kept = host_memory.set_host_allocator(args.host_allocator)
 
   devices = jax.local_device_count()
   per_device = args.batch_size // devices
@@ -117,6 +130,10 @@ def main():
   branches = {m: device_branches(r[0], states[m], batch, steps[m])
               for m, r in runs.items()}
   times = {m: [] for m in runs}
+  # Per timed step: minor page faults and the kernel's time, which on a CPU
+  # host is mostly faulting in the step's temporary buffers afresh.
+  faults = {m: [] for m in runs}
+  system = {m: [] for m in runs}
 
   def one_step(method, step):
     states[method], metrics = step(states[method], batch, steps[method])
@@ -129,10 +146,14 @@ def main():
     jax.block_until_ready(metrics)
   for _ in range(args.repeats):
     for method, (_, _, step) in runs.items():
+      before = resource.getrusage(resource.RUSAGE_SELF)
       start = time.perf_counter()
       metrics = one_step(method, step)
       jax.block_until_ready((states[method], metrics))
       times[method].append(time.perf_counter() - start)
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      faults[method].append(after.ru_minflt - before.ru_minflt)
+      system[method].append(after.ru_stime - before.ru_stime)
 
   dense = statistics.median(times["dense"])
   sparse = statistics.median(times["optg"])
@@ -155,13 +176,19 @@ def main():
 
   print(f"device: {jax.devices()[0].device_kind} x{devices}; model "
         f"{args.model}, batch {args.batch_size}, {args.image_size}x"
-        f"{args.image_size}, {'bf16' if args.half_precision else 'fp32'}")
+        f"{args.image_size}, {'bf16' if args.half_precision else 'fp32'}; host "
+        f"allocator {args.host_allocator} (freed memory kept: {kept})")
   print(f"dense step: {dense * 1e3:9.1f} ms (median of {args.repeats})")
   print(f"OptG step, refresh once an epoch: {sparse * 1e3:9.1f} ms (median of "
         f"{args.repeats}; no refresh among the timed steps)")
   print(f"OptG step, refresh every step: {every * 1e3:9.1f} ms (median of "
         f"{args.repeats}; {refreshed} steps from step {EVERY_STEP_START:,}, "
         f"each refreshing, warm start in use: {hint_set})")
+  print("per step, median (minor page faults, kernel time): " + ", ".join(
+      f"{m} {statistics.median(faults[m]):,.0f} / "
+      f"{statistics.median(system[m]) * 1e3:.0f} ms" for m in runs))
+  print("each step's times (ms): " + "; ".join(
+      f"{m} " + " ".join(f"{t * 1e3:.0f}" for t in times[m]) for m in runs))
   print("device-side branches and loops in each timed step (StableHLO case, "
         "if, while): " + ", ".join(f"{m} {n}" for m, n in branches.items()))
   print(f"OptG once an epoch / dense: {sparse / dense:.3f}x")

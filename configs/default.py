@@ -88,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   # over a mesh of every process's devices, the state as global arrays).
   # docs/guides/harness.md, "pmap or jit".
   config.parallelism = "pmap"
+  # The host's malloc: "keep" keeps freed memory for reuse (one arena, no
+  # unmapping), so XLA's CPU runtime stops faulting each step's temporaries
+  # in afresh; "system" leaves glibc's defaults; "auto" keeps it when JAX
+  # runs on the CPU (optg_jax/harness/host_memory.py).
+  config.host_allocator = "auto"
 
   # Bookkeeping.
   config.seed = 0

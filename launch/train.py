@@ -30,6 +30,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from optg_jax.harness import console  # pylint: disable=g-import-not-at-top
+from optg_jax.harness import host_memory  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -64,6 +65,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
 
+  # Before TensorFlow or JAX start a thread: the allocator's settings only
+  # reach threads that have not allocated yet. An unknown value is the
+  # config check's to refuse, in one line.
+  allocator = FLAGS.config.get("host_allocator", "auto")
+  kept = (allocator in host_memory.HOST_ALLOCATORS and
+          host_memory.set_host_allocator(allocator))
   verbose = console.set_up()
   # TensorFlow only feeds the input pipeline: keep it off the accelerators.
   console.import_tensorflow(verbose)
@@ -86,8 +93,9 @@ def main(argv):
   from optg_jax.harness import errors  # pylint: disable=g-import-not-at-top
   from optg_jax import train  # pylint: disable=g-import-not-at-top
 
-  logging.info("JAX process %d of %d, local devices %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info("JAX process %d of %d, local devices %s; host allocator %s "
+               "(freed memory kept: %s)", jax.process_index(),
+               jax.process_count(), jax.local_devices(), allocator, kept)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.ConfigError, data.DatasetError, errors.NonFiniteError,

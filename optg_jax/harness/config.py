@@ -25,6 +25,7 @@ from optg_jax import models
 from optg_jax import nm
 from optg_jax import schedules
 from optg_jax import topk
+from optg_jax.harness import host_memory
 from optg_jax.harness.errors import ConfigError
 
 METHODS = ("optg", "magnitude", "taylor", "rigl", "set", "dense")
@@ -137,6 +138,9 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.parallelism not in PARALLELISMS:
     fail(f"unknown parallelism {config.parallelism!r}; valid: "
          f"{', '.join(PARALLELISMS)}")
+  if config.host_allocator not in host_memory.HOST_ALLOCATORS:
+    fail(f"unknown host_allocator {config.host_allocator!r}; valid: "
+         f"{', '.join(host_memory.HOST_ALLOCATORS)}")
   if config.keep_checkpoints < 1:
     fail(f"keep_checkpoints must be at least 1, got "
          f"{config.keep_checkpoints!r}")
