@@ -16,14 +16,14 @@ the dense step. The cost of one cold refresh (the global top-k of all
 scores) is also timed on its own and amortised over an ImageNet epoch of
 5,005 steps (batch 256).
 
-The host allocator is set as `launch/train.py` sets it (`--host_allocator`,
-`optg_jax/harness/host_memory.py`): on a CPU, "auto" keeps freed memory so
-that no step faults its temporary buffers in afresh. With glibc's defaults
-("system") the kernel time of those faults, printed per step, dominates the
-differences between the steps.
+The host allocator keeps freed memory (`--host_allocator keep`, as
+`config.host_allocator`, `optg_jax/harness/host_memory.py`), so that no step
+faults its temporary buffers in afresh: with glibc's defaults ("system")
+the kernel time of those faults, printed per step, varies from run to run
+and dominates the differences between the steps.
 
   python benchmarks/train_step.py [--model resnet50] [--batch_size 16] \
-      [--image_size 128] [--repeats 7] [--host_allocator auto]
+      [--image_size 128] [--repeats 7] [--host_allocator keep]
 """
 
 import argparse
@@ -100,7 +100,7 @@ def main():
   parser.add_argument("--image_size", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--half_precision", action="store_true")
-  parser.add_argument("--host_allocator", default="auto",
+  parser.add_argument("--host_allocator", default="keep",
                       choices=host_memory.HOST_ALLOCATORS,
                       help="config.host_allocator, as launch/train.py sets "
                       "it before JAX starts")

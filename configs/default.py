@@ -88,11 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   # over a mesh of every process's devices, the state as global arrays).
   # docs/guides/harness.md, "pmap or jit".
   config.parallelism = "pmap"
-  # The host's malloc: "keep" keeps freed memory for reuse (one arena, no
-  # unmapping), so XLA's CPU runtime stops faulting each step's temporaries
-  # in afresh; "system" leaves glibc's defaults; "auto" keeps it when JAX
-  # runs on the CPU (optg_jax/harness/host_memory.py).
-  config.host_allocator = "auto"
+  # The host's malloc: "system" (glibc's defaults) or "keep" (freed memory
+  # kept for reuse: one arena, no unmapping), so that XLA's CPU runtime stops
+  # faulting a large model's step temporaries in afresh at every step
+  # (optg_jax/harness/host_memory.py).
+  config.host_allocator = "system"
 
   # Bookkeeping.
   config.seed = 0

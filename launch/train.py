@@ -68,7 +68,7 @@ def main(argv):
   # Before TensorFlow or JAX start a thread: the allocator's settings only
   # reach threads that have not allocated yet. An unknown value is the
   # config check's to refuse, in one line.
-  allocator = FLAGS.config.get("host_allocator", "auto")
+  allocator = FLAGS.config.get("host_allocator", "system")
   kept = (allocator in host_memory.HOST_ALLOCATORS and
           host_memory.set_host_allocator(allocator))
   verbose = console.set_up()

@@ -43,7 +43,7 @@ def _faults(choice):
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="glibc's mallopt")
 def test_kept_memory_is_not_faulted_in_again():
-  kept, faults = _faults("auto")  # The CPU: "auto" keeps it.
+  kept, faults = _faults("keep")
   assert kept
   assert len(faults) == 10
   # The first calls map the buffers; the last seven reuse them.
@@ -54,20 +54,14 @@ def test_kept_memory_is_not_faulted_in_again():
   assert min(system[3:]) > _PAGES_64MB // 2, system
 
 
-def test_auto_leaves_accelerator_hosts_alone(monkeypatch):
+def test_system_changes_nothing(monkeypatch):
   calls = []
   monkeypatch.setattr(host_memory, "keep_freed_memory",
                       lambda: calls.append(1) or True)
-  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-  assert host_memory.accelerator_backend_installed()
-  assert not host_memory.set_host_allocator("auto")
   assert not host_memory.set_host_allocator("system")
   assert calls == []
-  assert host_memory.set_host_allocator("keep")  # Asked for: applied.
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert not host_memory.accelerator_backend_installed()
-  assert host_memory.set_host_allocator("auto")
-  assert calls == [1, 1]
+  assert host_memory.set_host_allocator("keep")
+  assert calls == [1]
 
 
 def test_unknown_allocator_is_refused():
