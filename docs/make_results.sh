@@ -111,3 +111,23 @@ $S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
    --sparsities=0.9,0.95,0.99 --seeds=0,1,2,3,4 --workdir=workdirs/dst_mlp \
    --title="LeNet-300-100 on Fashion-MNIST: OptG, RigL, SET, magnitude (test)" \
    $DOC --section=dst_mlp
+# RigL at OptG's training MACs: N times the epochs for the same count
+# (dst_mlp's training MACs: OptG 2.01e11 and 1.96e11, RigL 2.93e10 and 1.5e10
+# at 90% and 95%).
+$S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
+   --methods=rigl+dt100+drop0.9+7x --sparsities=0.9 --seeds=0,1,2,3,4 \
+   --workdir=workdirs/dst_mlp_cost90 \
+   --title="LeNet-300-100 on Fashion-MNIST: RigL at OptG's training MACs, 90% (test)" \
+   $DOC --section=dst_mlp_cost90
+$S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
+   --methods=rigl+dt100+drop0.9+13x --sparsities=0.95 --seeds=0,1,2,3,4 \
+   --workdir=workdirs/dst_mlp_cost95 \
+   --title="LeNet-300-100 on Fashion-MNIST: RigL at OptG's training MACs, 95% (test)" \
+   $DOC --section=dst_mlp_cost95
+# LeNet-5 with the MLP's recipes, beside section 3's fashion_lenet5 (OptG
+# and magnitude, seeds 0-2, the same config).
+$S --config=configs/fashion_mnist.py \
+   --methods=rigl+dt100+drop0.9,set+dt10+drop0.5 --sparsities=0.99 \
+   --seeds=0,1,2 --workdir=workdirs/dst_lenet5_99 \
+   --title="LeNet-5 on Fashion-MNIST: RigL and SET at 99% (test, the MLP's recipes)" \
+   $DOC --section=dst_lenet5_99
