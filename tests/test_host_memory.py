@@ -12,8 +12,7 @@ from optg_jax.harness import config as config_lib
 from optg_jax.harness import errors
 from optg_jax.harness import host_memory
 from configs import default
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import runs
 
 # Five rounds of allocating, filling and freeing 64 MB with the C library's
 # malloc (larger than glibc's largest mmap threshold, 32 MB), as XLA's CPU
@@ -38,7 +37,7 @@ _PAGES_64MB = 64 * 2**20 // 4096
 
 
 def _faults(choice):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=runs.ROOT, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", _FAULTS, choice], env=env,
                        capture_output=True, text=True, check=True).stdout
   lines = out.split()
@@ -81,3 +80,23 @@ def test_unknown_allocator_is_refused():
   with pytest.raises(errors.ConfigError,
                      match="unknown host_allocator 'tcmalloc'"):
     config_lib.validate_config(config, global_device_count=1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="glibc's mallopt")
+def test_the_launcher_applies_it_before_jax_starts(tmp_path):
+  # A run refused by the config check after the launcher has set up JAX:
+  # its INFO log says what the allocator is.
+  kept = runs.launch(tmp_path / "keep", devices=1, host_allocator="keep",
+                     learning_rate=-1.0, extra_args=["--verbosity=1"])
+  assert kept.returncode != 0
+  assert "host allocator keep (freed memory kept: True)" in kept.stderr, (
+      kept.stderr[-3000:])
+  assert "learning_rate must be positive" in kept.stderr
+  unknown = runs.launch(tmp_path / "unknown", devices=1,
+                        host_allocator="tcmalloc")
+  assert unknown.returncode != 0
+  assert ("error: unknown host_allocator 'tcmalloc'; valid: system, keep"
+          in unknown.stderr), unknown.stderr[-3000:]
+  assert not (tmp_path / "unknown").exists() or not any(
+      (tmp_path / "unknown").iterdir())
