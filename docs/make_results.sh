@@ -124,10 +124,10 @@ $S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
    --workdir=workdirs/dst_mlp_cost95 \
    --title="LeNet-300-100 on Fashion-MNIST: RigL at OptG's training MACs, 95% (test)" \
    $DOC --section=dst_mlp_cost95
-# LeNet-5 with the MLP's recipes, beside section 3's fashion_lenet5 (OptG
-# and magnitude, seeds 0-2, the same config).
+# LeNet-5 with the MLP's recipes (not chosen again on LeNet-5), one study
+# per sparsity: the four methods and dense, 5 seeds.
 $S --config=configs/fashion_mnist.py \
-   --methods=rigl+dt100+drop0.9,set+dt10+drop0.5 --sparsities=0.99 \
-   --seeds=0,1,2 --workdir=workdirs/dst_lenet5_99 \
-   --title="LeNet-5 on Fashion-MNIST: RigL and SET at 99% (test, the MLP's recipes)" \
+   --methods=optg,magnitude,rigl+dt100+drop0.9,set+dt10+drop0.5,dense \
+   --sparsities=0.99 --seeds=0,1,2,3,4 --workdir=workdirs/dst_lenet5_99 \
+   --title="LeNet-5 on Fashion-MNIST: OptG, RigL, SET, magnitude at 99% (test)" \
    $DOC --section=dst_lenet5_99
