@@ -126,7 +126,7 @@ $S --config=configs/fashion_mnist.py --config.model=lenet_300_100 \
    --title="LeNet-300-100 on Fashion-MNIST: RigL at OptG's training MACs, 95% (test)" \
    $DOC --section=dst_mlp_cost95
 # LeNet-5 with the MLP's recipes (not chosen again on LeNet-5), one study
-# per sparsity: the four methods and dense, 5 seeds.
+# per sparsity: the four methods, 5 seeds (dense once, in the 99% study).
 $S --config=configs/fashion_mnist.py \
    --methods=optg,magnitude,rigl+dt100+drop0.9,set+dt10+drop0.5,dense \
    --sparsities=0.99 --seeds=0,1,2,3,4 --workdir=workdirs/dst_lenet5_99 \

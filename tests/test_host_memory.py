@@ -84,7 +84,7 @@ def test_unknown_allocator_is_refused():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="glibc's mallopt")
-def test_the_launcher_applies_it_before_jax_starts(tmp_path):
+def test_the_launcher_logs_it_and_refuses_an_unknown_one(tmp_path):
   # A run refused by the config check after the launcher has set up JAX:
   # its INFO log says what the allocator is.
   kept = runs.launch(tmp_path / "keep", devices=1, host_allocator="keep",
