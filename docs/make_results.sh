@@ -137,3 +137,8 @@ $S --config=configs/fashion_mnist.py \
    --sparsities=0.95 --seeds=0,1,2,3,4 --workdir=workdirs/dst_lenet5_95 \
    --title="LeNet-5 on Fashion-MNIST: OptG, RigL, SET, magnitude at 95% (test)" \
    $DOC --section=dst_lenet5_95
+$S --config=configs/fashion_mnist.py \
+   --methods=optg,magnitude,rigl+dt100+drop0.9,set+dt10+drop0.5 \
+   --sparsities=0.9 --seeds=0,1,2,3,4 --workdir=workdirs/dst_lenet5_90 \
+   --title="LeNet-5 on Fashion-MNIST: OptG, RigL, SET, magnitude at 90% (test)" \
+   $DOC --section=dst_lenet5_90
