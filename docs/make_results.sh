@@ -143,12 +143,12 @@ $S --config=configs/fashion_mnist.py \
    --title="LeNet-5 on Fashion-MNIST: OptG, RigL, SET, magnitude at 90% (test)" \
    $DOC --section=dst_lenet5_90
 # RigL at OptG's training MACs on LeNet-5: 4 and 6 times the epochs (OptG's
-# training MACs over RigL's, 3.6 and 5.7, rounded up); 3 and 2 seeds so far.
+# training MACs over RigL's, 3.6 and 5.7, rounded up); 95% has 2 seeds so far.
 $S --config=configs/fashion_mnist.py --methods=rigl+dt100+drop0.9+6x \
    --sparsities=0.95 --seeds=0,1 --workdir=workdirs/dst_lenet5_cost95 \
    --title="LeNet-5 on Fashion-MNIST: RigL at OptG's training MACs, 95% (test)" \
    $DOC --section=dst_lenet5_cost95
 $S --config=configs/fashion_mnist.py --methods=rigl+dt100+drop0.9+4x \
-   --sparsities=0.9 --seeds=0,1,2 --workdir=workdirs/dst_lenet5_cost90 \
+   --sparsities=0.9 --seeds=0,1,2,3,4 --workdir=workdirs/dst_lenet5_cost90 \
    --title="LeNet-5 on Fashion-MNIST: RigL at OptG's training MACs, 90% (test)" \
    $DOC --section=dst_lenet5_cost90
